@@ -1,0 +1,77 @@
+"""Open a bundle: schema version first, then the sha256 of every file a task needs."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from fedyolo.runtime.errors import BundleError
+from fedyolo.runtime.manifest import (
+    BACKBONE_FILE,
+    TOKENIZER_FILE,
+    FileEntry,
+    Manifest,
+    TaskSpec,
+    read_manifest,
+    sha256_file,
+)
+
+
+@dataclass(frozen=True)
+class Bundle:
+    """A verified bundle on disk."""
+
+    root: Path
+    manifest: Manifest
+
+    @property
+    def backbone_path(self) -> Path:
+        return self.root / BACKBONE_FILE
+
+    @property
+    def tokenizer_path(self) -> Path:
+        return self.root / TOKENIZER_FILE
+
+    def task_dir(self, task_id: str) -> Path:
+        return self.root / "tasks" / task_id
+
+    def task_file(self, task_id: str, name: str) -> Path:
+        return self.task_dir(task_id) / name
+
+    def task(self, task_id: str) -> TaskSpec:
+        return self.manifest.task(task_id)
+
+
+def _verify(path: Path, entry: FileEntry, what: str) -> None:
+    if not path.is_file():
+        raise BundleError(f"{what} is missing ({path}); re-export or re-download the bundle")
+    size = os.path.getsize(path)
+    if size != entry.bytes:
+        raise BundleError(
+            f"{what} has {size} bytes, the manifest says {entry.bytes}: the file is truncated or "
+            "replaced; re-export or re-download the bundle"
+        )
+    if sha256_file(path) != entry.sha256:
+        raise BundleError(
+            f"{what} fails its sha256 check ({path}): the file is corrupt or from another export; "
+            "re-export or re-download the bundle"
+        )
+
+
+def open_bundle(root: str | os.PathLike[str], tasks: list[str] | None = None, verify: bool = True) -> Bundle:
+    """Read the manifest and check the backbone, tokenizer and the files of `tasks` (all when None)."""
+    path = Path(root)
+    manifest = read_manifest(path)
+    bundle = Bundle(root=path, manifest=manifest)
+    wanted = list(manifest.tasks) if tasks is None else tasks
+    for task_id in wanted:
+        manifest.task(task_id)  # a clear error for an unknown task, before hashing 90 MB
+    if verify:
+        _verify(bundle.backbone_path, manifest.backbone.file, "the backbone file")
+        if manifest.tokenizer is not None:
+            _verify(bundle.tokenizer_path, manifest.tokenizer, "tokenizer.json")
+        for task_id in wanted:
+            for name, entry in manifest.tasks[task_id].files.items():
+                _verify(bundle.task_file(task_id, name), entry, f"{name} of task {task_id!r}")
+    return bundle

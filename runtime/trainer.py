@@ -1,0 +1,56 @@
+"""One trainer interface over the backends: the federated client, `fedyolo train`, `fedyolo profile`
+and the benchmarks all go through it. The same verbs exist in the web client and the Android app."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Protocol
+
+import numpy as np
+
+from fedyolo.runtime.manifest import TaskSpec
+from fedyolo.runtime.wire import ModuleWeights
+
+# Graph input name -> array. Text: input_ids, attention_mask (int64, [batch, seq]);
+# image: pixel_values (float32, [batch, C, H, W]); always labels (int64, [batch]).
+Batch = dict[str, np.ndarray]
+
+
+@dataclass(frozen=True)
+class EvalResult:
+    """Metrics over a set of batches."""
+
+    loss: float
+    accuracy: float
+    examples: int
+
+
+class Trainer(Protocol):
+    """Train one task's module on the device."""
+
+    task: TaskSpec
+
+    def step(self, batch: Batch) -> float:
+        """One optimiser step on `batch`; returns the loss before the step."""
+        ...
+
+    def evaluate(self, batches: Iterable[Batch]) -> EvalResult:
+        """Mean loss and accuracy, weighted by examples; the module is not changed."""
+        ...
+
+    def predict(self, batch: Batch) -> np.ndarray:
+        """Logits [batch, num_labels]."""
+        ...
+
+    def get_module(self) -> ModuleWeights:
+        """A copy of the current trainable weights, named as in the manifest."""
+        ...
+
+    def set_module(self, weights: ModuleWeights) -> None:
+        """Replace the trainable weights (checked against the manifest) and reset optimiser state."""
+        ...
+
+    def set_learning_rate(self, lr: float) -> None:
+        """Learning rate for the next steps."""
+        ...

@@ -1,0 +1,61 @@
+"""Module weights on the wire: safetensors (never pickle), names and shapes exactly as the manifest says."""
+
+from __future__ import annotations
+
+import numpy as np
+from safetensors import SafetensorError
+from safetensors.numpy import load as st_load
+from safetensors.numpy import save as st_save
+
+from fedyolo.runtime.errors import ModuleWeightsError
+from fedyolo.runtime.manifest import TaskSpec
+
+ModuleWeights = dict[str, np.ndarray]
+WIRE_DTYPES = {"float32": np.float32, "float16": np.float16}
+
+
+def encode_module(weights: ModuleWeights, task: TaskSpec) -> bytes:
+    """Serialise module weights for `task`, checked first, cast to the manifest's wire dtype."""
+    check_module(weights, task)
+    dtype = WIRE_DTYPES[task.wire_dtype]
+    return st_save({t.name: np.ascontiguousarray(weights[t.name], dtype=dtype) for t in task.trainable})
+
+
+def decode_module(body: bytes, task: TaskSpec) -> ModuleWeights:
+    """Parse and check a safetensors body for `task`; returns float32 arrays."""
+    try:
+        raw = st_load(body)
+    except (SafetensorError, ValueError, Exception) as e:  # safetensors raises several types on garbage
+        raise ModuleWeightsError(f"module weights are not a valid safetensors file ({e})") from e
+    weights = {k: v.astype(np.float32, copy=False) for k, v in raw.items()}
+    check_module(weights, task, allowed_dtypes=(task.wire_dtype, "float32"), raw=raw)
+    return weights
+
+
+def check_module(
+    weights: ModuleWeights,
+    task: TaskSpec,
+    allowed_dtypes: tuple[str, ...] = ("float32",),
+    raw: dict[str, np.ndarray] | None = None,
+) -> None:
+    """Raise ModuleWeightsError unless `weights` has exactly the manifest's names, shapes and finite values."""
+    expected = {t.name: t for t in task.trainable}
+    missing = sorted(set(expected) - set(weights))
+    extra = sorted(set(weights) - set(expected))
+    if missing or extra:
+        raise ModuleWeightsError(
+            f"module weights for task {task.task_id!r} do not match the manifest: "
+            f"missing {missing[:3]}{'...' if len(missing) > 3 else ''}, "
+            f"unexpected {extra[:3]}{'...' if len(extra) > 3 else ''}; send exactly the manifest's trainable tensors"
+        )
+    for name, spec in expected.items():
+        arr = weights[name]
+        if tuple(arr.shape) != spec.shape:
+            raise ModuleWeightsError(
+                f"tensor {name!r} has shape {tuple(arr.shape)}, the manifest says {spec.shape}"
+            )
+        dtype = str((raw or weights)[name].dtype)
+        if dtype not in allowed_dtypes:
+            raise ModuleWeightsError(f"tensor {name!r} is {dtype}; expected one of {allowed_dtypes}")
+        if not np.isfinite(arr).all():
+            raise ModuleWeightsError(f"tensor {name!r} holds NaN or Inf values; refusing the update")
