@@ -1,0 +1,275 @@
+"""The HTTP API: `create_app(config)` builds a FastAPI app over one bundle and one state directory.
+
+Bodies of module weights are raw safetensors (`application/octet-stream`); everything else is JSON.
+Every error is `{"code": ..., "detail": ...}` with a code from `errors.CODES`.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import asdict
+from typing import Annotated, Any
+
+from fastapi import Depends, FastAPI, Header, Request, Security
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import FileResponse, JSONResponse, Response
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from starlette.concurrency import run_in_threadpool
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+import fedyolo
+from fedyolo.fedserver.clients import Clients
+from fedyolo.fedserver.config import ServerConfig
+from fedyolo.fedserver.errors import CODES, ApiError
+from fedyolo.fedserver.reports import round_history, server_status
+from fedyolo.fedserver.rounds import Rounds, Update
+from fedyolo.fedserver.schemas import (
+    BundleListing,
+    ErrorBody,
+    History,
+    RegisterRequest,
+    RegisterResponse,
+    RoundBody,
+    Status,
+    TaskList,
+    UpdateAccepted,
+)
+from fedyolo.fedserver.store import Store
+from fedyolo.runtime.bundle import Bundle, open_bundle
+from fedyolo.runtime.manifest import BACKBONE_FILE, MANIFEST_NAME, TOKENIZER_FILE, FileEntry, file_entry
+
+log = logging.getLogger(__name__)
+
+OCTET = "application/octet-stream"
+RANGE = re.compile(r"^bytes=(\d+)-(\d*)$")
+ERRORS: dict[int | str, dict[str, Any]] = {
+    status: {"model": ErrorBody, "description": ", ".join(sorted(c for c, s in CODES.items() if s == status))}
+    for status in sorted(set(CODES.values()))
+}
+UPLOAD_BODY = {
+    "requestBody": {
+        "required": True,
+        "description": "the module weights as safetensors, names and shapes as the manifest says",
+        "content": {OCTET: {"schema": {"type": "string", "format": "binary"}}},
+    }
+}
+STATUS_CODES = {400: "invalid_request", 404: "not_found", 405: "method_not_allowed", 413: "payload_too_large"}
+
+
+def bundle_files(bundle: Bundle) -> dict[str, FileEntry]:
+    """Every file a client may download, by bundle-relative path; nothing else is ever served."""
+    manifest = bundle.manifest
+    files = {MANIFEST_NAME: file_entry(bundle.root / MANIFEST_NAME), BACKBONE_FILE: manifest.backbone.file}
+    if manifest.tokenizer is not None:
+        files[TOKENIZER_FILE] = manifest.tokenizer
+    for task_id, task in manifest.tasks.items():
+        for name, entry in task.files.items():
+            files[f"tasks/{task_id}/{name}"] = entry
+    return files
+
+
+def _not_modified(request: Request, etag: str) -> bool:
+    return etag in [tag.strip() for tag in request.headers.get("if-none-match", "").split(",")]
+
+
+def _check_range(request: Request, size: int) -> None:
+    """Only one `bytes=start-[end]` range is served; anything else is a JSON 416, not a guess."""
+    header = request.headers.get("range")
+    if header is None:
+        return
+    match = RANGE.match(header.strip())
+    if match is None or int(match[1]) >= size or (match[2] and int(match[2]) < int(match[1])):
+        raise ApiError(
+            "bad_range", f"range {header!r} is not one satisfiable `bytes=start-[end]` of {size} bytes"
+        )
+
+
+async def _read_capped(request: Request, cap: int) -> bytes:
+    """The request body, refused as soon as it is known to exceed `cap` bytes (before it is read in full)."""
+    length = request.headers.get("content-length")
+    if length is not None and (not length.isdigit() or int(length) > cap):
+        raise ApiError("payload_too_large", f"the update is over this task's cap of {cap} bytes")
+    chunks, total = [], 0
+    async for chunk in request.stream():
+        total += len(chunk)
+        if total > cap:
+            raise ApiError("payload_too_large", f"the update is over this task's cap of {cap} bytes")
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+bearer = HTTPBearer(auto_error=False, description="the client token from POST /v1/clients")
+
+
+def client_id(
+    request: Request, _: Annotated[HTTPAuthorizationCredentials | None, Security(bearer)] = None
+) -> int:
+    """The authenticated client, from `Authorization: Bearer <token>` (declared for OpenAPI by `bearer`)."""
+    clients: Clients = request.app.state.clients
+    return clients.authenticate(request.headers.get("authorization"))
+
+
+Client = Annotated[int, Depends(client_id)]
+
+
+def create_app(config: ServerConfig) -> FastAPI:
+    """Open the bundle (every file hashed) and the state directory, recover, and build the app."""
+    bundle = open_bundle(config.bundle_dir)
+    store = Store(config.state_dir)
+    rounds = Rounds(config, bundle, store)
+    rounds.recover()
+    clients = Clients(store, config.enroll_key)
+    files = bundle_files(bundle)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        rounds.start_worker()
+        yield
+        rounds.stop_worker()
+        store.close()
+
+    app = FastAPI(
+        title="fedyolo fedserver",
+        version=fedyolo.__version__,
+        description="Federated rounds per task over one frozen backbone: clients download the bundle "
+        "once, train a small module, and upload its weights as safetensors.",
+        lifespan=lifespan,
+        responses=ERRORS,
+    )
+    app.state.rounds = rounds
+    app.state.clients = clients
+
+    @app.exception_handler(ApiError)
+    async def api_error(request: Request, exc: ApiError) -> JSONResponse:
+        return JSONResponse(exc.to_json(), status_code=exc.status)
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
+        problems = "; ".join(f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors()[:5])
+        return JSONResponse({"code": "invalid_request", "detail": problems}, status_code=422)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        code = STATUS_CODES.get(exc.status_code, "invalid_request")
+        return JSONResponse({"code": code, "detail": str(exc.detail)}, status_code=exc.status_code)
+
+    @app.exception_handler(Exception)
+    async def internal(request: Request, exc: Exception) -> JSONResponse:
+        log.exception("internal error on %s %s", request.method, request.url.path)
+        return JSONResponse({"code": "internal", "detail": "internal server error; see the server log"}, 500)
+
+    @app.get("/healthz", tags=["server"])
+    def healthz() -> dict[str, bool]:
+        """Liveness: the app is up and its state is open."""
+        return {"ok": True}
+
+    @app.get("/v1/status", response_model=Status, tags=["server"])
+    def status() -> dict[str, Any]:
+        """Per task: rounds, clients, last accuracy, bytes received. Public: no token."""
+        return server_status(rounds)
+
+    @app.post("/v1/clients", status_code=201, response_model=RegisterResponse, tags=["clients"])
+    def register(body: RegisterRequest) -> RegisterResponse:
+        """Register a device with the enrollment key; the token in the answer is shown once."""
+        cid, token = clients.register(body.enroll_key, body.name)
+        return RegisterResponse(client_id=cid, token=token)
+
+    @app.get("/v1/tasks", response_model=TaskList, tags=["tasks"])
+    def tasks(client: Client) -> dict[str, Any]:
+        """The tasks served, each a module over the shared backbone."""
+        return {
+            "tasks": [
+                {
+                    "task_id": t.task_id,
+                    "module_kind": t.module_kind,
+                    "labels": list(t.labels),
+                    "module_bytes": t.module_bytes,
+                    "max_update_bytes": config.update_cap(t),
+                }
+                for t in (rounds.task(task_id) for task_id in rounds.task_ids())
+            ]
+        }
+
+    @app.get("/v1/bundle", response_model=BundleListing, tags=["bundle"])
+    def bundle_listing(client: Client) -> dict[str, Any]:
+        """Every bundle file with its sha256 and size: download each once, keep it, check it."""
+        return {"files": [{"path": p, **asdict(e)} for p, e in sorted(files.items())]}
+
+    @app.get(
+        "/v1/bundle/files/{path:path}",
+        tags=["bundle"],
+        response_class=Response,
+        responses={
+            200: {"content": {OCTET: {}}},
+            206: {"description": "a byte range", "content": {OCTET: {}}},
+            304: {"description": "not modified"},
+        },
+    )
+    def bundle_file(path: str, request: Request, client: Client) -> Response:
+        """One bundle file; ETag is its quoted sha256; `Range: bytes=start-` resumes a download."""
+        entry = files.get(path)
+        if entry is None:
+            raise ApiError("not_found", f"{path!r} is not a file of this bundle; GET /v1/bundle lists them")
+        etag = f'"{entry.sha256}"'
+        if _not_modified(request, etag):
+            return Response(status_code=304, headers={"etag": etag})
+        _check_range(request, entry.bytes)
+        return FileResponse(bundle.root / path, media_type=OCTET, headers={"etag": etag})
+
+    @app.get("/v1/tasks/{task_id}/round", response_model=RoundBody, tags=["rounds"])
+    def current_round(task_id: str, client: Client) -> dict[str, Any]:
+        """The task's current round and the training settings for it."""
+        return asdict(rounds.current(task_id))
+
+    @app.get(
+        "/v1/tasks/{task_id}/modules/{version}",
+        tags=["rounds"],
+        response_class=Response,
+        responses={200: {"content": {OCTET: {}}}, 304: {"description": "not modified"}},
+    )
+    def module(task_id: str, version: int, request: Request, client: Client) -> Response:
+        """A committed module version as safetensors; immutable, ETag is its quoted sha256."""
+        sha, body = rounds.module(task_id, version)
+        headers = {"etag": f'"{sha}"', "cache-control": "private, max-age=31536000, immutable"}
+        if _not_modified(request, headers["etag"]):
+            return Response(status_code=304, headers=headers)
+        return Response(body, media_type=OCTET, headers=headers)
+
+    @app.post(
+        "/v1/tasks/{task_id}/rounds/{round_id}/updates",
+        status_code=201,
+        response_model=UpdateAccepted,
+        tags=["rounds"],
+        openapi_extra=UPLOAD_BODY,
+    )
+    async def upload(
+        task_id: str,
+        round_id: int,
+        request: Request,
+        client: Client,
+        idempotency_key: Annotated[str, Header(alias="Idempotency-Key", min_length=8, max_length=128)],
+        examples: Annotated[int, Header(alias="Fedyolo-Examples", description="training examples behind it")],
+        metrics: Annotated[str, Header(alias="Fedyolo-Metrics", max_length=4096)] = "{}",
+    ) -> JSONResponse:
+        """Upload this client's module weights for an open round; retry with the same Idempotency-Key."""
+        task = rounds.task(task_id)
+        body = await _read_capped(request, config.update_cap(task))
+        try:
+            parsed = json.loads(metrics)
+        except ValueError as e:
+            raise ApiError("bad_metrics", f"Fedyolo-Metrics is not JSON ({e})") from e
+        update = Update(client, task_id, round_id, idempotency_key, body, examples, parsed)
+        answer = await run_in_threadpool(rounds.submit, update)
+        headers = {"idempotent-replayed": "true"} if answer.replayed else None
+        return JSONResponse(answer.body, status_code=answer.status_code, headers=headers)
+
+    @app.get("/v1/tasks/{task_id}/history", response_model=History, tags=["rounds"])
+    def history(task_id: str, client: Client) -> dict[str, Any]:
+        """Committed rounds, oldest first, with the example-weighted mean of the clients' metrics."""
+        return {"task_id": task_id, "rounds": round_history(rounds, task_id)}
+
+    return app

@@ -1,0 +1,68 @@
+"""Who may join: an enrollment key registers a device once; the device then holds its own token.
+
+The server keeps only the sha256 of a token: a leaked database lets no one act as a client. Tokens
+are 256 random bits, so an unsalted hash is as strong as the token.
+"""
+
+from __future__ import annotations
+
+import hmac
+import secrets
+import threading
+import time
+
+from fedyolo.fedserver.errors import ApiError
+from fedyolo.fedserver.store import Store, sha256_hex
+
+TOKEN_PREFIX = "fyc_"
+
+
+def new_enroll_key() -> str:
+    """A fresh enrollment key for `serve` to print when none is given."""
+    return "fye_" + secrets.token_urlsafe(24)
+
+
+class Clients:
+    """Registration and token checks; verified token hashes are cached in memory."""
+
+    def __init__(self, store: Store, enroll_key: str) -> None:
+        self.store = store
+        self._enroll_key = enroll_key.encode()
+        self._known: dict[str, int] = {}
+        self._lock = threading.Lock()
+
+    def register(self, enroll_key: str, name: str) -> tuple[int, str]:
+        """(client id, token) for a device that shows the enrollment key."""
+        if not hmac.compare_digest(enroll_key.encode(), self._enroll_key):
+            raise ApiError("bad_enroll_key", "the enrollment key is wrong; ask the server's operator for it")
+        token = TOKEN_PREFIX + secrets.token_urlsafe(32)
+        digest = sha256_hex(token.encode())
+        with self.store.transaction() as db:
+            cursor = db.execute(
+                "INSERT INTO clients (token_hash, name, created_at) VALUES (?, ?, ?)",
+                (digest, name, time.time()),
+            )
+            client_id = int(cursor.lastrowid or 0)
+        with self._lock:
+            self._known[digest] = client_id
+        return client_id, token
+
+    def authenticate(self, authorization: str | None) -> int:
+        """The client id for an `Authorization: Bearer <token>` header, or ApiError(unauthorized)."""
+        scheme, _, token = (authorization or "").partition(" ")
+        if scheme.lower() != "bearer" or not token.startswith(TOKEN_PREFIX):
+            raise ApiError(
+                "unauthorized", "send the client token as `Authorization: Bearer fyc_...`; register first"
+            )
+        digest = sha256_hex(token.strip().encode())
+        with self._lock:
+            client_id = self._known.get(digest)
+        if client_id is not None:
+            return client_id
+        with self.store.read() as db:
+            row = db.execute("SELECT id FROM clients WHERE token_hash = ?", (digest,)).fetchone()
+        if row is None:
+            raise ApiError("unauthorized", "unknown client token; register again with the enrollment key")
+        with self._lock:
+            self._known[digest] = row[0]
+        return int(row[0])

@@ -1,0 +1,85 @@
+"""Server settings: one frozen dataclass, checked once at start-up."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from fedyolo.fedserver.errors import ServerConfigError
+from fedyolo.fedserver.strategies import STRATEGIES, StrategyParams
+from fedyolo.runtime.manifest import TaskSpec
+
+# Room for the safetensors header on top of the raw tensor bytes: 8-byte length + JSON per tensor.
+HEADER_ALLOWANCE = 16 * 1024
+HEADER_PER_TENSOR = 256
+
+
+@dataclass(frozen=True)
+class ServerConfig:
+    """Everything `fedyolo serve` decides; the same for every task of the bundle.
+
+    Attributes
+    ----------
+    bundle_dir
+        The exported bundle the server hands out; the initial module of task `t` is
+        `tasks/<t>/module.safetensors`.
+    state_dir
+        SQLite database and blob store; survives restarts.
+    rounds
+        Rounds per task; after the last one the task is finished.
+    min_clients
+        Updates (one per client) that close a round.
+    deadline_s
+        A round open this long closes with the updates it has (at least one).
+    max_update_bytes
+        Byte cap of an upload; 0 means the task's fp32 module size plus header room.
+    max_examples
+        The largest example count one update may claim (it weights the average).
+    clip_norm
+        When > 0, each update's change to the global module is scaled down to this L2 norm.
+    """
+
+    bundle_dir: Path
+    state_dir: Path
+    rounds: int = 20
+    min_clients: int = 3
+    deadline_s: float = 600.0
+    strategy: str = "fedavg"
+    strategy_params: StrategyParams = field(default_factory=StrategyParams)
+    local_epochs: int = 1
+    lr: float = 1e-3
+    batch_size: int = 8
+    proximal_mu: float = 0.0
+    max_update_bytes: int = 0
+    max_examples: int = 1_000_000
+    clip_norm: float = 0.0
+    enroll_key: str = ""
+
+    def __post_init__(self) -> None:
+        problems = []
+        if self.rounds < 1:
+            problems.append("rounds must be at least 1")
+        if self.min_clients < 1:
+            problems.append("min_clients must be at least 1")
+        if self.deadline_s <= 0:
+            problems.append("deadline_s must be positive")
+        if self.strategy not in STRATEGIES:
+            problems.append(f"strategy {self.strategy!r} is unknown (known: {', '.join(sorted(STRATEGIES))})")
+        if self.local_epochs < 1 or self.batch_size < 1:
+            problems.append("local_epochs and batch_size must be at least 1")
+        if self.lr <= 0 or self.proximal_mu < 0 or self.clip_norm < 0:
+            problems.append("lr must be positive; proximal_mu and clip_norm must not be negative")
+        if self.max_update_bytes < 0 or self.max_examples < 1:
+            problems.append("max_update_bytes must not be negative and max_examples must be at least 1")
+        if len(self.enroll_key) < 16:
+            problems.append(
+                "the enrollment key must have at least 16 characters (leave it out to generate one)"
+            )
+        if problems:
+            raise ServerConfigError("; ".join(problems))
+
+    def update_cap(self, task: TaskSpec) -> int:
+        """Byte cap of one uploaded update for `task`."""
+        if self.max_update_bytes:
+            return self.max_update_bytes
+        return task.module_bytes + HEADER_ALLOWANCE + HEADER_PER_TENSOR * len(task.trainable)

@@ -1,0 +1,454 @@
+"""The round state machine, per task: open → enough updates or deadline → aggregating → committed → next.
+
+Every transition is one SQLite transaction, so a restart finds each round in exactly one state:
+
+- open: accepts one update per client; the update that reaches `min_clients` (or the deadline, with
+  at least one update) moves it to aggregating, in the same transaction that records the update;
+- aggregating: the set of updates is frozen; aggregation reads them one blob at a time and commits
+  the new module version, closes the round and opens the next one in ONE transaction. A round found
+  aggregating at start-up is aggregated again from its blobs: same updates, same order, same result.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import queue
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from fedyolo.fedserver.config import ServerConfig
+from fedyolo.fedserver.errors import ApiError, ServerConfigError
+from fedyolo.fedserver.reports import mean_metrics
+from fedyolo.fedserver.store import Store, decode_state, encode_state, sha256_hex
+from fedyolo.fedserver.strategies import STRATEGIES, StrategyState, WeightedSum, clip_delta, module_delta
+from fedyolo.runtime.bundle import Bundle
+from fedyolo.runtime.errors import ModuleWeightsError
+from fedyolo.runtime.manifest import MODULE_WEIGHTS, TaskSpec
+from fedyolo.runtime.wire import decode_module, encode_module
+
+log = logging.getLogger(__name__)
+
+MAX_METRICS = 16
+RETRY_FAILED_AGGREGATION_S = 30.0
+
+
+@dataclass(frozen=True)
+class RoundInfo:
+    """What a client needs to take part in the current round of a task."""
+
+    task_id: str
+    round: int
+    status: str  # open | aggregating | finished
+    module_version: int
+    local_epochs: int
+    lr: float
+    batch_size: int
+    proximal_mu: float
+    deadline_at: float
+    updates: int
+    min_clients: int
+    rounds_total: int
+
+
+@dataclass(frozen=True)
+class Update:
+    """One upload, as the HTTP layer read it; nothing in it is trusted yet."""
+
+    client_id: int
+    task_id: str
+    round: int
+    idempotency_key: str
+    body: bytes
+    examples: int
+    metrics: dict[str, float]
+
+
+@dataclass(frozen=True)
+class Answer:
+    """The answer to an upload; a replay carries the first answer's status and body unchanged."""
+
+    status_code: int
+    body: dict[str, Any]
+    replayed: bool = False
+
+
+def spec_sha256(task: TaskSpec) -> str:
+    """Hash of what an update must look like: a task whose module changed cannot reuse old state."""
+    spec = [[t.name, list(t.shape), t.dtype] for t in task.trainable] + [task.wire_dtype]
+    return sha256_hex(json.dumps(spec).encode())
+
+
+def check_metrics(metrics: object) -> dict[str, float]:
+    """A small JSON object of finite numbers, or ApiError(bad_metrics)."""
+    if not isinstance(metrics, dict) or len(metrics) > MAX_METRICS:
+        raise ApiError("bad_metrics", f"metrics must be a JSON object of at most {MAX_METRICS} numbers")
+    checked = {}
+    for key, value in metrics.items():
+        if not isinstance(key, str) or not 0 < len(key) <= 64:
+            raise ApiError("bad_metrics", "metric names must be strings of 1 to 64 characters")
+        if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+            raise ApiError("bad_metrics", f"metric {key!r} must be a finite number")
+        checked[key] = float(value)
+    return checked
+
+
+class Rounds:
+    """Rounds of every task of the bundle over one store; thread-safe.
+
+    `recover()` brings the state up to date with the bundle and queues interrupted aggregations;
+    `start_worker()` starts the thread that aggregates closed rounds and closes rounds past their
+    deadline; `stop_worker()` ends it.
+    """
+
+    def __init__(
+        self, config: ServerConfig, bundle: Bundle, store: Store, clock: Callable[[], float] = time.time
+    ):
+        self.config = config
+        self.bundle = bundle
+        self.store = store
+        self.clock = clock
+        self.strategy = STRATEGIES[config.strategy]
+        self._todo: queue.Queue[tuple[str, int]] = queue.Queue()
+        self._failed: dict[tuple[str, int], float] = {}
+        self._stop = threading.Event()
+        self._worker: threading.Thread | None = None
+        self._module_cache: dict[tuple[str, int], tuple[str, bytes]] = {}
+        self._cache_lock = threading.Lock()
+
+    # -- life cycle ------------------------------------------------------------------------------
+
+    def recover(self) -> None:
+        """Create missing tasks, drop garbage blobs, queue interrupted aggregations."""
+        for task in self.bundle.manifest.tasks.values():
+            self._ensure_task(task)
+        removed = self.store.blobs.collect(self.store.referenced_blobs())
+        if removed:
+            log.info("removed %d unreferenced blob or temp files left by an interrupted upload", removed)
+        with self.store.read() as db:
+            for row in db.execute(
+                "SELECT task_id, round FROM rounds WHERE status = 'aggregating' ORDER BY round"
+            ):
+                log.info(
+                    "round %d of task %r was closed but not committed: aggregating it again", row[1], row[0]
+                )
+                self._todo.put((row[0], row[1]))
+
+    def start_worker(self) -> None:
+        self._stop.clear()
+        self._worker = threading.Thread(target=self._work, name="fedserver-rounds", daemon=True)
+        self._worker.start()
+
+    def stop_worker(self) -> None:
+        self._stop.set()
+        if self._worker is not None:
+            self._worker.join(timeout=30)
+
+    def _ensure_task(self, task: TaskSpec) -> None:
+        spec = spec_sha256(task)
+        now = self.clock()
+        with self.store.read() as db:
+            row = db.execute("SELECT spec_sha256 FROM tasks WHERE task_id = ?", (task.task_id,)).fetchone()
+        if row is not None and row[0] != spec:
+            raise ServerConfigError(
+                f"task {task.task_id!r} in the bundle has other trainable tensors than the one in "
+                f"{self.config.state_dir}; serve it with a new --state-dir"
+            )
+        if row is None:
+            raw = self.bundle.task_file(task.task_id, MODULE_WEIGHTS).read_bytes()
+            body = encode_module(decode_module(raw, task), task)
+            blob = self.store.blobs.put(body)
+            with self.store.transaction() as db:
+                db.execute("INSERT INTO tasks VALUES (?, ?, ?)", (task.task_id, spec, now))
+                db.execute(
+                    "INSERT INTO module_versions VALUES (?, 0, ?, NULL, NULL, ?)", (task.task_id, blob, now)
+                )
+                self._open_round(db, task.task_id, 1, 0, now)
+            return
+        with self.store.transaction() as db:  # more rounds asked than the last run had: go on
+            last = db.execute(
+                "SELECT round, status FROM rounds WHERE task_id = ? ORDER BY round DESC LIMIT 1",
+                (task.task_id,),
+            ).fetchone()
+            if last["status"] == "committed" and last["round"] < self.config.rounds:
+                self._open_round(db, task.task_id, last["round"] + 1, last["round"], now)
+
+    def _open_round(self, db: Any, task_id: str, round_id: int, base_version: int, now: float) -> None:
+        db.execute(
+            "INSERT INTO rounds (task_id, round, status, base_version, opened_at, deadline_at) "
+            "VALUES (?, ?, 'open', ?, ?, ?)",
+            (task_id, round_id, base_version, now, now + self.config.deadline_s),
+        )
+
+    # -- reads -----------------------------------------------------------------------------------
+
+    def task(self, task_id: str) -> TaskSpec:
+        task = self.bundle.manifest.tasks.get(task_id)
+        if task is None:
+            raise ApiError("unknown_task", f"task {task_id!r} is not served here (tasks: {self.task_ids()})")
+        return task
+
+    def task_ids(self) -> list[str]:
+        return sorted(self.bundle.manifest.tasks)
+
+    def current(self, task_id: str) -> RoundInfo:
+        """The task's latest round: open, aggregating, or finished when every round is committed."""
+        self.task(task_id)
+        with self.store.read() as db:
+            row = db.execute(
+                "SELECT * FROM rounds WHERE task_id = ? ORDER BY round DESC LIMIT 1", (task_id,)
+            ).fetchone()
+            count = db.execute(
+                "SELECT COUNT(*) FROM updates WHERE task_id = ? AND round = ?", (task_id, row["round"])
+            ).fetchone()[0]
+        finished = row["status"] == "committed"
+        c = self.config
+        return RoundInfo(
+            task_id=task_id,
+            round=row["round"],
+            status="finished" if finished else row["status"],
+            module_version=row["round"] if finished else row["base_version"],
+            local_epochs=c.local_epochs,
+            lr=c.lr,
+            batch_size=c.batch_size,
+            proximal_mu=c.proximal_mu,
+            deadline_at=row["deadline_at"],
+            updates=count,
+            min_clients=c.min_clients,
+            rounds_total=c.rounds,
+        )
+
+    def module(self, task_id: str, version: int) -> tuple[str, bytes]:
+        """(sha256, safetensors bytes) of a committed module version."""
+        self.task(task_id)
+        key = (task_id, version)
+        with self._cache_lock:
+            hit = self._module_cache.get(key)
+        if hit is not None:
+            return hit
+        with self.store.read() as db:
+            row = db.execute(
+                "SELECT blob FROM module_versions WHERE task_id = ? AND version = ?", key
+            ).fetchone()
+        if row is None:
+            raise ApiError("unknown_version", f"task {task_id!r} has no module version {version} (yet)")
+        entry = (row[0], self.store.blobs.get(row[0]))
+        with self._cache_lock:
+            if len(self._module_cache) >= 4 * max(1, len(self.bundle.manifest.tasks)):
+                self._module_cache.pop(next(iter(self._module_cache)))
+            self._module_cache[key] = entry
+        return entry
+
+    # -- uploads ---------------------------------------------------------------------------------
+
+    def submit(self, update: Update) -> Answer:
+        """Check an update completely, store it durably, and count it in its round.
+
+        Nothing changes unless every check passes. A repeated idempotency key gets the first answer.
+        """
+        task = self.task(update.task_id)
+        sha = sha256_hex(update.body)
+        with self.store.read() as db:
+            replay = self._replay(db, update, sha)
+            if replay is not None:
+                return replay
+            self._check_round(db, update)
+        if not 0 < update.examples <= self.config.max_examples:
+            raise ApiError(
+                "bad_examples",
+                f"example count must be between 1 and {self.config.max_examples}, got {update.examples}",
+            )
+        metrics = check_metrics(update.metrics)
+        try:
+            decode_module(update.body, task)
+        except ModuleWeightsError as e:
+            raise ApiError("invalid_update", str(e)) from e
+        self.store.blobs.put(update.body, sha)  # durable before the row that names it
+        now = self.clock()
+        with self.store.transaction() as db:
+            replay = self._replay(db, update, sha)  # a retry of the same key may have raced this one
+            if replay is not None:
+                return replay
+            self._check_round(db, update)
+            count = (
+                1
+                + db.execute(
+                    "SELECT COUNT(*) FROM updates WHERE task_id = ? AND round = ?",
+                    (update.task_id, update.round),
+                ).fetchone()[0]
+            )
+            closes = count >= self.config.min_clients
+            cursor = db.execute(
+                "INSERT INTO updates (task_id, round, client_id, idempotency_key, blob, body_bytes, "
+                "examples, metrics, status_code, response, received_at) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, 201, '', ?)",
+                (
+                    update.task_id, update.round, update.client_id, update.idempotency_key, sha,
+                    len(update.body), update.examples, json.dumps(metrics), now,
+                ),
+            )  # fmt: skip
+            body = {
+                "update_id": cursor.lastrowid,
+                "task": update.task_id,
+                "round": update.round,
+                "examples": update.examples,
+                "sha256": sha,
+                "round_updates": count,
+                "round_closed": closes,
+            }
+            db.execute("UPDATE updates SET response = ? WHERE id = ?", (json.dumps(body), cursor.lastrowid))
+            if closes:
+                db.execute(
+                    "UPDATE rounds SET status = 'aggregating', closed_at = ? WHERE task_id = ? AND round = ?",
+                    (now, update.task_id, update.round),
+                )
+        if closes:
+            self._todo.put((update.task_id, update.round))
+        return Answer(201, body)
+
+    def _replay(self, db: Any, update: Update, sha: str) -> Answer | None:
+        prior = db.execute(
+            "SELECT task_id, round, blob, status_code, response FROM updates "
+            "WHERE client_id = ? AND idempotency_key = ?",
+            (update.client_id, update.idempotency_key),
+        ).fetchone()
+        if prior is None:
+            return None
+        if (prior["task_id"], prior["round"], prior["blob"]) != (update.task_id, update.round, sha):
+            raise ApiError(
+                "idempotency_conflict",
+                "this idempotency key was already used for a different update; use a new key per update",
+            )
+        return Answer(prior["status_code"], json.loads(prior["response"]), replayed=True)
+
+    def _check_round(self, db: Any, update: Update) -> None:
+        row = db.execute(
+            "SELECT round, status FROM rounds WHERE task_id = ? ORDER BY round DESC LIMIT 1",
+            (update.task_id,),
+        ).fetchone()
+        if row["status"] == "committed":
+            raise ApiError("task_finished", f"every round of task {update.task_id!r} is done")
+        if row["round"] != update.round or row["status"] != "open":
+            raise ApiError(
+                "stale_round",
+                f"round {update.round} of task {update.task_id!r} is not open (round {row['round']} is "
+                f"{row['status']}); get the current round and train again",
+            )
+        seen = db.execute(
+            "SELECT 1 FROM updates WHERE task_id = ? AND round = ? AND client_id = ?",
+            (update.task_id, update.round, update.client_id),
+        ).fetchone()
+        if seen is not None:
+            raise ApiError(
+                "already_submitted", f"this client already sent an update for round {update.round}"
+            )
+
+    # -- closing and aggregating -----------------------------------------------------------------
+
+    def close_due(self) -> list[tuple[str, int]]:
+        """Close open rounds past their deadline that have an update; extend the empty ones."""
+        now = self.clock()
+        closed = []
+        with self.store.transaction() as db:
+            due = db.execute(
+                "SELECT r.task_id, r.round, (SELECT COUNT(*) FROM updates u WHERE u.task_id = r.task_id "
+                "AND u.round = r.round) AS n FROM rounds r WHERE r.status = 'open' AND r.deadline_at <= ?",
+                (now,),
+            ).fetchall()
+            for task_id, round_id, n in due:
+                if n > 0:
+                    db.execute(
+                        "UPDATE rounds SET status = 'aggregating', closed_at = ? "
+                        "WHERE task_id = ? AND round = ?",
+                        (now, task_id, round_id),
+                    )
+                    closed.append((task_id, round_id))
+                else:
+                    db.execute(
+                        "UPDATE rounds SET deadline_at = ? WHERE task_id = ? AND round = ?",
+                        (now + self.config.deadline_s, task_id, round_id),
+                    )
+        for key in closed:
+            log.info("round %d of task %r reached its deadline", key[1], key[0])
+            self._todo.put(key)
+        return closed
+
+    def aggregate(self, task_id: str, round_id: int) -> int | None:
+        """Aggregate a closed round and commit the new module version; returns it (None if already done)."""
+        task = self.task(task_id)
+        with self.store.read() as db:
+            r = db.execute(
+                "SELECT * FROM rounds WHERE task_id = ? AND round = ?", (task_id, round_id)
+            ).fetchone()
+            if r is None or r["status"] != "aggregating":
+                return None
+            base = db.execute(
+                "SELECT blob, state_blob FROM module_versions WHERE task_id = ? AND version = ?",
+                (task_id, r["base_version"]),
+            ).fetchone()
+            rows = db.execute(
+                "SELECT blob, examples, metrics FROM updates WHERE task_id = ? AND round = ? ORDER BY id",
+                (task_id, round_id),
+            ).fetchall()
+        blobs = self.store.blobs
+        global_weights = decode_module(blobs.get(base["blob"]), task)
+        state = decode_state(blobs.get(base["state_blob"])) if base["state_blob"] else StrategyState()
+        acc = WeightedSum({t.name: t.shape for t in task.trainable})
+        for row in rows:  # one update in memory at a time
+            weights = decode_module(blobs.get(row["blob"]), task)
+            acc.add(clip_delta(module_delta(weights, global_weights), self.config.clip_norm), row["examples"])
+            del weights
+        new_weights, new_state = self.strategy(global_weights, acc.mean(), state, self.config.strategy_params)
+        module_blob = blobs.put(encode_module(new_weights, task))
+        state_blob = blobs.put(encode_state(new_state)) if new_state.first or new_state.second else None
+        metrics = mean_metrics([(row["examples"], json.loads(row["metrics"])) for row in rows])
+        version = int(r["base_version"]) + 1
+        now = self.clock()
+        with self.store.transaction() as db:
+            status = db.execute(
+                "SELECT status FROM rounds WHERE task_id = ? AND round = ?", (task_id, round_id)
+            ).fetchone()[0]
+            if status != "aggregating":
+                return None
+            db.execute(
+                "INSERT INTO module_versions VALUES (?, ?, ?, ?, ?, ?)",
+                (task_id, version, module_blob, state_blob, round_id, now),
+            )
+            db.execute(
+                "UPDATE rounds SET status = 'committed', committed_at = ?, metrics = ? "
+                "WHERE task_id = ? AND round = ?",
+                (now, json.dumps(metrics), task_id, round_id),
+            )
+            if round_id < self.config.rounds:
+                self._open_round(db, task_id, round_id + 1, version, now)
+        log.info(
+            "task %r round %d: %d updates, %.0f examples -> module version %d", task_id, round_id, acc.count,
+            acc.total_weight, version,
+        )  # fmt: skip
+        return version
+
+    def _work(self) -> None:
+        while not self._stop.is_set():
+            try:
+                key = self._todo.get(timeout=0.2)
+            except queue.Empty:
+                key = None
+            try:
+                if key is not None:
+                    self.aggregate(*key)
+                    self._failed.pop(key, None)
+                self.close_due()
+                now = time.monotonic()
+                for failed, at in list(self._failed.items()):
+                    if now - at > RETRY_FAILED_AGGREGATION_S:
+                        del self._failed[failed]
+                        self._todo.put(failed)
+            except Exception:
+                # A broken blob or a full disk must not kill the worker; the round stays aggregating.
+                log.exception("aggregating %s failed; retrying in %.0f s", key, RETRY_FAILED_AGGREGATION_S)
+                if key is not None:
+                    self._failed[key] = time.monotonic()

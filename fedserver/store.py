@@ -1,0 +1,229 @@
+"""Durable state: SQLite in WAL mode beside a content-addressed blob directory.
+
+Write order, so that a `kill -9` at any instant loses nothing acknowledged and leaves nothing half
+done: blob to a temp file → fsync → rename to `blobs/ab/abcdef…` → fsync the folder → commit the row
+that names it → answer the client. A blob without a row is garbage (collected at start-up); a row
+always names a blob that is on disk.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import sqlite3
+import struct
+import threading
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import numpy as np
+from safetensors.numpy import load as st_load
+from safetensors.numpy import save as st_save
+
+from fedyolo.fedserver.errors import ServerConfigError
+from fedyolo.fedserver.strategies import StrategyState
+
+SCHEMA_VERSION = 1
+DB_NAME = "fedserver.sqlite3"
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS clients (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    token_hash TEXT NOT NULL UNIQUE,          -- sha256 of the token; the token itself is never stored
+    name TEXT NOT NULL,
+    created_at REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS tasks (
+    task_id TEXT PRIMARY KEY,
+    spec_sha256 TEXT NOT NULL,                -- trainable names, shapes, wire dtype
+    created_at REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS module_versions (
+    task_id TEXT NOT NULL REFERENCES tasks(task_id),
+    version INTEGER NOT NULL,
+    blob TEXT NOT NULL,                       -- safetensors of the module, as served
+    state_blob TEXT,                          -- strategy state (momentum, moments), safetensors
+    round INTEGER,                            -- the round that produced it; NULL for the bundle's module
+    created_at REAL NOT NULL,
+    PRIMARY KEY (task_id, version)
+);
+CREATE TABLE IF NOT EXISTS rounds (
+    task_id TEXT NOT NULL REFERENCES tasks(task_id),
+    round INTEGER NOT NULL,
+    status TEXT NOT NULL CHECK (status IN ('open', 'aggregating', 'committed')),
+    base_version INTEGER NOT NULL,
+    opened_at REAL NOT NULL,
+    deadline_at REAL NOT NULL,
+    closed_at REAL,
+    committed_at REAL,
+    metrics TEXT,                             -- example-weighted mean of the clients' metrics, JSON
+    PRIMARY KEY (task_id, round)
+);
+CREATE TABLE IF NOT EXISTS updates (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,     -- acceptance order: aggregation sums in this order
+    task_id TEXT NOT NULL,
+    round INTEGER NOT NULL,
+    client_id INTEGER NOT NULL REFERENCES clients(id),
+    idempotency_key TEXT NOT NULL,
+    blob TEXT NOT NULL,
+    body_bytes INTEGER NOT NULL,
+    examples INTEGER NOT NULL,
+    metrics TEXT NOT NULL,
+    status_code INTEGER NOT NULL,
+    response TEXT NOT NULL,                   -- the JSON first answered: a retry gets it back unchanged
+    received_at REAL NOT NULL,
+    UNIQUE (client_id, idempotency_key),
+    UNIQUE (task_id, round, client_id),
+    FOREIGN KEY (task_id, round) REFERENCES rounds(task_id, round)
+);
+CREATE INDEX IF NOT EXISTS updates_round ON updates(task_id, round, id);
+"""
+
+
+def sha256_hex(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+class BlobStore:
+    """Immutable files named by their sha256, under `root/ab/abcdef…`."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.tmp = root / "tmp"
+        self.tmp.mkdir(parents=True, exist_ok=True)
+        _fsync_dir(root)
+
+    def path(self, sha: str) -> Path:
+        return self.root / sha[:2] / sha
+
+    def put(self, data: bytes, sha: str | None = None) -> str:
+        """Store `data` durably (returns only once it is on disk) and return its sha256."""
+        sha = sha or sha256_hex(data)
+        final = self.path(sha)
+        if final.exists():  # renames are atomic: an existing name is a complete file
+            return sha
+        folder = final.parent
+        if not folder.exists():
+            folder.mkdir(exist_ok=True)
+            _fsync_dir(self.root)
+        tmp = self.tmp / f"{sha}.{uuid.uuid4().hex}"
+        with open(tmp, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, final)
+        _fsync_dir(folder)
+        return sha
+
+    def get(self, sha: str) -> bytes:
+        """The blob's bytes, checked against its name."""
+        data = self.path(sha).read_bytes()
+        if sha256_hex(data) != sha:
+            raise OSError(f"blob {sha} is corrupt on disk ({self.path(sha)})")
+        return data
+
+    def collect(self, keep: set[str]) -> int:
+        """Delete temp files and every blob not in `keep`; returns how many files went. Start-up only."""
+        removed = 0
+        for tmp in self.tmp.iterdir():
+            tmp.unlink()
+            removed += 1
+        for folder in self.root.iterdir():
+            if folder == self.tmp or not folder.is_dir():
+                continue
+            for blob in folder.iterdir():
+                if blob.name not in keep:
+                    blob.unlink()
+                    removed += 1
+        return removed
+
+
+class Store:
+    """The SQLite database: one connection, one lock, explicit transactions."""
+
+    def __init__(self, state_dir: Path) -> None:
+        state_dir.mkdir(parents=True, exist_ok=True)
+        self.blobs = BlobStore(state_dir / "blobs")
+        self._lock = threading.RLock()
+        self._db = sqlite3.connect(state_dir / DB_NAME, isolation_level=None, check_same_thread=False)
+        self._db.row_factory = sqlite3.Row
+        self._db.execute("PRAGMA journal_mode=WAL")
+        # FULL: every commit fsyncs the WAL, so an acknowledged update survives power loss, not only kill -9.
+        self._db.execute("PRAGMA synchronous=FULL")
+        self._db.execute("PRAGMA foreign_keys=ON")
+        with self._lock:
+            self._db.executescript(SCHEMA)
+        with self.transaction() as db:
+            row = db.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
+            if row is None:
+                db.execute("INSERT INTO meta VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),))
+            elif int(row["value"]) != SCHEMA_VERSION:
+                raise ServerConfigError(
+                    f"{state_dir} holds fedserver state of schema {row['value']}, this fedyolo uses "
+                    f"{SCHEMA_VERSION}; serve with another --state-dir or the fedyolo that wrote it"
+                )
+
+    @contextmanager
+    def transaction(self) -> Iterator[sqlite3.Connection]:
+        """BEGIN IMMEDIATE … COMMIT under the store's lock; rolls back on any exception."""
+        with self._lock:
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                yield self._db
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+            self._db.execute("COMMIT")
+
+    @contextmanager
+    def read(self) -> Iterator[sqlite3.Connection]:
+        """The connection, for reads, under the store's lock."""
+        with self._lock:
+            yield self._db
+
+    def close(self) -> None:
+        with self._lock:
+            self._db.close()
+
+    def referenced_blobs(self) -> set[str]:
+        with self.read() as db:
+            rows = db.execute(
+                "SELECT blob FROM updates UNION SELECT blob FROM module_versions "
+                "UNION SELECT state_blob FROM module_versions WHERE state_blob IS NOT NULL"
+            ).fetchall()
+        return {r[0] for r in rows}
+
+
+def encode_state(state: StrategyState) -> bytes:
+    """Strategy state as safetensors: `first/<name>`, `second/<name>`, the step in the metadata."""
+    tensors = {f"first/{k}": np.ascontiguousarray(v) for k, v in state.first.items()}
+    tensors |= {f"second/{k}": np.ascontiguousarray(v) for k, v in state.second.items()}
+    return st_save(tensors, metadata={"step": str(state.step)})
+
+
+def decode_state(data: bytes) -> StrategyState:
+    """Inverse of `encode_state`."""
+    step = _state_step(data)
+    tensors = st_load(data)
+    first = {k.removeprefix("first/"): v for k, v in tensors.items() if k.startswith("first/")}
+    second = {k.removeprefix("second/"): v for k, v in tensors.items() if k.startswith("second/")}
+    return StrategyState(step=step, first=first, second=second)
+
+
+def _state_step(data: bytes) -> int:
+    # safetensors.numpy.load drops the metadata; it is the JSON header after an 8-byte length.
+    (header_len,) = struct.unpack("<Q", data[:8])
+    header = json.loads(data[8 : 8 + header_len])
+    return int(header.get("__metadata__", {}).get("step", "0"))
