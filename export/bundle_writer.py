@@ -1,0 +1,235 @@
+"""Stage 4 of the export: write a task into a bundle, atomically, storing the backbone once.
+
+A new bundle is built in a temp folder beside the target and renamed into place; a task added to an
+existing bundle is built in a temp folder inside it, renamed into tasks/, and only then is the new
+manifest swapped in. A failure at any point leaves the previous bundle as it was.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnx
+from onnx import numpy_helper
+from onnxruntime.training import onnxblock
+from safetensors.numpy import save_file
+
+from fedyolo import __version__
+from fedyolo.export.backbone_store import (
+    BackboneLayout,
+    backbone_bytes,
+    externalize_frozen,
+    relative_backbone_location,
+    stored_name,
+)
+from fedyolo.export.backbones import Backbone
+from fedyolo.export.classifier import TaskModel
+from fedyolo.export.onnx_export import OnnxArtifacts
+from fedyolo.runtime.errors import BundleError
+from fedyolo.runtime.manifest import (
+    BACKBONE_FILE,
+    CHECKPOINT,
+    EVAL_MODEL,
+    MANIFEST_NAME,
+    MODULE_WEIGHTS,
+    OPTIMIZER_MODEL,
+    TOKENIZER_FILE,
+    TRAINING_MODEL,
+    BackboneSpec,
+    InputSpec,
+    Manifest,
+    TaskSpec,
+    TensorSpec,
+    file_entry,
+    read_manifest,
+    sha256_file,
+)
+
+
+@dataclass(frozen=True)
+class TaskExport:
+    """What the bundle records about one task besides its files."""
+
+    task_id: str
+    module_kind: str
+    module_config: dict[str, Any]
+    labels: tuple[str, ...]
+    optimizer: str
+    max_length: int
+
+
+def _backbone_spec(backbone: Backbone, layout: BackboneLayout, blob: bytes, tensors: tuple[TensorSpec, ...],
+                   path: Path) -> BackboneSpec:
+    return BackboneSpec(
+        id=backbone.id,
+        architecture=backbone.architecture,
+        model_type=backbone.model_type,
+        hidden_size=backbone.hidden_size,
+        num_layers=backbone.num_layers,
+        file=file_entry(path),
+        tensors=tensors,
+        full_model_bytes=sum(a.nbytes for a in layout.arrays.values()),
+    )
+
+
+def _check_same_backbone(existing: Manifest, blob_sha: str, out: Path) -> None:
+    if existing.backbone.file.sha256 != blob_sha:
+        raise BundleError(
+            f"{out} already holds another backbone ({existing.backbone.id}, sha256 "
+            f"{existing.backbone.file.sha256[:12]}…); export into a new --out folder, or use that backbone"
+        )
+
+
+def _trainable_checkpoint(model: TaskModel, trainable: dict[str, tuple[int, ...]], path: Path) -> dict[str, np.ndarray]:
+    params = dict(model.named_parameters())
+    weights = {n: params[n].detach().cpu().numpy().astype(np.float32) for n in trainable}
+    shutil.rmtree(path, ignore_errors=True)
+    path.unlink(missing_ok=True)
+    protos = [numpy_helper.from_array(w, name=n) for n, w in weights.items()]
+    onnxblock.save_checkpoint((protos, []), str(path))
+    return weights
+
+
+def _write_task_files(
+    task_dir: Path,
+    model: TaskModel,
+    layout: BackboneLayout,
+    tensors: dict[str, TensorSpec],
+    artifacts: OnnxArtifacts,
+) -> dict[str, np.ndarray]:
+    params = dict(model.named_parameters())
+    frozen = []
+    for gname in artifacts.frozen:
+        pid = id(params[gname])
+        frozen.append((gname, stored_name(layout, pid), pid in layout.transposed))
+    location = relative_backbone_location()
+    for graph in (TRAINING_MODEL, EVAL_MODEL):
+        externalize_frozen(task_dir / graph, frozen, tensors, location)
+    weights = _trainable_checkpoint(model, artifacts.trainable, task_dir / CHECKPOINT)
+    save_file(weights, str(task_dir / MODULE_WEIGHTS))
+    return weights
+
+
+def write_task(
+    out: Path,
+    backbone: Backbone,
+    layout: BackboneLayout,
+    model: TaskModel,
+    artifacts: OnnxArtifacts,
+    task: TaskExport,
+    force: bool = False,
+) -> Manifest:
+    """Move `artifacts` (written in a temp task folder) into the bundle at `out` as task `task.task_id`."""
+    blob, tensor_specs = backbone_bytes(layout.arrays)
+    tensors = {t.name: t for t in tensor_specs}
+    existing = read_manifest(out) if (out / MANIFEST_NAME).exists() else None
+    if out.exists() and existing is None and any(out.iterdir()):
+        raise BundleError(f"{out} exists and is not a fedyolo bundle; choose an empty or new --out folder")
+    if existing is not None:
+        import hashlib
+
+        _check_same_backbone(existing, hashlib.sha256(blob).hexdigest(), out)
+        if task.task_id in existing.tasks and not force:
+            raise BundleError(
+                f"task {task.task_id!r} is already in {out}; pass --force to replace it, or pick another --task"
+            )
+
+    _write_task_files(artifacts.directory, model, layout, tensors, artifacts)
+    files = {
+        name: file_entry(artifacts.directory / name)
+        for name in (TRAINING_MODEL, EVAL_MODEL, OPTIMIZER_MODEL, CHECKPOINT, MODULE_WEIGHTS)
+    }
+    params = dict(model.named_parameters())
+    spec = TaskSpec(
+        task_id=task.task_id,
+        module_kind=task.module_kind,
+        module_config=task.module_config,
+        labels=task.labels,
+        input=InputSpec(
+            kind=backbone.architecture,
+            names=artifacts.input_names,
+            max_length=task.max_length if backbone.architecture == "text" else 0,
+            image_shape=backbone.image_shape,
+        ),
+        trainable=tuple(TensorSpec(n, tuple(params[n].shape)) for n in artifacts.trainable),
+        optimizer=task.optimizer,
+        files=files,
+        loss_output=_loss_output(artifacts.directory / EVAL_MODEL),
+    )
+
+    if existing is None:
+        return _new_bundle(out, backbone, layout, blob, tensor_specs, artifacts.directory, spec)
+    return _add_task(out, existing, artifacts.directory, spec)
+
+
+def _loss_output(eval_graph: Path) -> str:
+    outputs = [o.name for o in onnx.load(str(eval_graph), load_external_data=False).graph.output]
+    return next(o for o in outputs if o != "logits")
+
+
+def _new_bundle(out: Path, backbone: Backbone, layout: BackboneLayout, blob: bytes,
+                tensor_specs: tuple[TensorSpec, ...], task_src: Path, spec: TaskSpec) -> Manifest:
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
+    try:
+        (tmp / BACKBONE_FILE).parent.mkdir(parents=True)
+        (tmp / BACKBONE_FILE).write_bytes(blob)
+        tokenizer = None
+        if backbone.tokenizer_path is not None:
+            shutil.copyfile(backbone.tokenizer_path, tmp / TOKENIZER_FILE)
+            tokenizer = file_entry(tmp / TOKENIZER_FILE)
+        (tmp / "tasks").mkdir()
+        shutil.move(str(task_src), tmp / "tasks" / spec.task_id)
+        manifest = Manifest(
+            backbone=_backbone_spec(backbone, layout, blob, tensor_specs, tmp / BACKBONE_FILE),
+            tasks={spec.task_id: spec},
+            tokenizer=tokenizer,
+            fedyolo_version=__version__,
+        )
+        _write_manifest(tmp, manifest)
+        if out.exists():
+            out.rmdir()  # empty (checked by the caller)
+        os.replace(tmp, out)
+        return manifest
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def _add_task(out: Path, existing: Manifest, task_src: Path, spec: TaskSpec) -> Manifest:
+    if sha256_file(out / BACKBONE_FILE) != existing.backbone.file.sha256:
+        raise BundleError(f"{out / BACKBONE_FILE} fails its sha256 check; re-export the bundle into a new folder")
+    final = out / "tasks" / spec.task_id
+    staged = Path(tempfile.mkdtemp(prefix=f".{spec.task_id}.tmp-", dir=out / "tasks"))
+    old = out / "tasks" / f".{spec.task_id}.old"
+    try:
+        for item in task_src.iterdir():
+            shutil.move(str(item), staged / item.name)
+        manifest = dataclasses.replace(existing, tasks={**existing.tasks, spec.task_id: spec})
+        if final.exists():
+            os.replace(final, old)
+        os.replace(staged, final)
+        _write_manifest(out, manifest)
+        shutil.rmtree(old, ignore_errors=True)
+        return manifest
+    except BaseException:
+        shutil.rmtree(staged, ignore_errors=True)
+        if old.exists() and not final.exists():
+            os.replace(old, final)
+        raise
+
+
+def _write_manifest(root: Path, manifest: Manifest) -> None:
+    tmp = root / (MANIFEST_NAME + ".tmp")
+    with open(tmp, "w") as f:
+        f.write(manifest.to_json())
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, root / MANIFEST_NAME)

@@ -1,0 +1,158 @@
+"""The ONNX Runtime training backend: a task's module trained over the shared frozen backbone.
+
+Loaded once: `SharedBackbone` maps backbone.bin into memory (np.memmap, so the page cache is the only
+copy) and hands the same OrtValue per frozen tensor to every session of every task through
+`SessionOptions.add_initializer`. A second task costs its graphs' working memory, not a backbone.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable
+from typing import Any
+
+import numpy as np
+
+from fedyolo.runtime.bundle import Bundle
+from fedyolo.runtime.errors import BundleError
+from fedyolo.runtime.manifest import CHECKPOINT, EVAL_MODEL, OPTIMIZER_MODEL, TRAINING_MODEL, TaskSpec
+from fedyolo.runtime.ort_import import load_ort
+from fedyolo.runtime.trainer import Batch, EvalResult
+from fedyolo.runtime.wire import ModuleWeights, check_module
+
+log = logging.getLogger(__name__)
+
+
+def cpu_device() -> Any:
+    C = load_ort()
+    return C.OrtDevice(C.OrtDevice.cpu(), C.OrtDevice.default_memory(), 0)
+
+
+class SharedBackbone:
+    """backbone.bin, memory-mapped once, as one OrtValue per frozen tensor for every session."""
+
+    def __init__(self, bundle: Bundle) -> None:
+        self._C = load_ort()
+        from onnxruntime.capi.onnxruntime_inference_collection import OrtValue
+
+        self.path = bundle.backbone_path
+        self._map = np.memmap(self.path, dtype=np.uint8, mode="r")
+        self.arrays: dict[str, np.ndarray] = {}
+        self.values: dict[str, Any] = {}
+        device = cpu_device()
+        for t in bundle.manifest.backbone.tensors:
+            arr = self._map[t.offset : t.offset + t.length].view(np.float32).reshape(t.shape)
+            self.arrays[t.name] = arr
+            # add_initializer takes the Python OrtValue wrapper, which also keeps `arr` alive.
+            self.values[t.name] = OrtValue(self._C.OrtValue.ortvalue_from_numpy(arr, device), arr)
+
+    def session_options(self, threads: int = 0) -> Any:
+        """Session options with every backbone tensor added as a shared initializer."""
+        options = self._C.SessionOptions()
+        if threads:
+            options.intra_op_num_threads = threads
+        for name, value in self.values.items():
+            options.add_initializer(name, value)
+        return options
+
+
+class OrtTrainer:
+    """`Trainer` over ONNX Runtime training: step, evaluate, predict, get/set the module."""
+
+    def __init__(
+        self,
+        bundle: Bundle,
+        task_id: str,
+        backbone: SharedBackbone | None = None,
+        lr: float = 1e-3,
+        threads: int = 0,
+    ) -> None:
+        self._C = load_ort()
+        self.bundle = bundle
+        self.task: TaskSpec = bundle.task(task_id)
+        self.backbone = backbone if backbone is not None else SharedBackbone(bundle)
+        self._threads = threads
+        task_dir = bundle.task_dir(task_id)
+        try:
+            self._state = self._C.load_checkpoint(str(task_dir / CHECKPOINT))
+            self._device = cpu_device()
+            self._options = self.backbone.session_options(threads)
+            self._module = self._C.Module(
+                str(task_dir / TRAINING_MODEL), self._state, str(task_dir / EVAL_MODEL), self._device, self._options
+            )
+        except Exception as e:  # ORT raises its own types for unreadable graphs
+            raise BundleError(f"ONNX Runtime cannot load task {task_id!r} ({e}); re-export the task") from e
+        self._optimizer_path = str(task_dir / OPTIMIZER_MODEL)
+        self._optimizer = self._new_optimizer()
+        self._lr = lr
+        self.set_learning_rate(lr)
+        self._train_inputs = list(self._module.input_names(True))
+        self._eval_inputs = list(self._module.input_names(False))
+
+    def _new_optimizer(self) -> Any:
+        return self._C.Optimizer(self._optimizer_path, self._state, self._device, self._options)
+
+    def _feed(self, batch: Batch, names: list[str]) -> list[np.ndarray]:
+        missing = [n for n in names if n not in batch]
+        if missing:
+            raise ValueError(f"batch lacks inputs {missing}; the task takes {names}")
+        feed = []
+        for name in names:
+            arr = batch[name]
+            want = np.float32 if name == "pixel_values" else np.int64
+            feed.append(np.ascontiguousarray(arr, dtype=want))
+        return feed
+
+    def step(self, batch: Batch) -> float:
+        """Forward, backward and one optimiser step; the loss before the step."""
+        outputs = self._C.OrtValueVector()
+        self._module.train_step(self._feed(batch, self._train_inputs), outputs)
+        self._optimizer.optimizer_step()
+        self._module.lazy_reset_grad()
+        return float(outputs[0].numpy())
+
+    def gradients(self, batch: Batch) -> tuple[float, ModuleWeights]:
+        """Loss and gradients of the trainable tensors on `batch`, without stepping (parity checks)."""
+        outputs = self._C.OrtValueVector()
+        self._module.lazy_reset_grad()
+        self._module.train_step(self._feed(batch, self._train_inputs), outputs)
+        grads = {t.name: np.array(self._state.get_parameter(t.name).grad.numpy()) for t in self.task.trainable}
+        self._module.lazy_reset_grad()
+        return float(outputs[0].numpy()), grads
+
+    def _eval(self, batch: Batch) -> tuple[float, np.ndarray]:
+        outputs = self._C.OrtValueVector()
+        feed = dict(batch)
+        feed.setdefault("labels", np.zeros(len(next(iter(batch.values()))), dtype=np.int64))
+        self._module.eval_step(self._feed(feed, self._eval_inputs), outputs)
+        return float(outputs[0].numpy()), outputs[1].numpy()
+
+    def predict(self, batch: Batch) -> np.ndarray:
+        return self._eval(batch)[1]
+
+    def evaluate(self, batches: Iterable[Batch]) -> EvalResult:
+        total_loss, correct, n = 0.0, 0, 0
+        for batch in batches:
+            loss, logits = self._eval(batch)
+            k = len(batch["labels"])
+            total_loss += loss * k
+            correct += int((logits.argmax(-1) == batch["labels"]).sum())
+            n += k
+        if n == 0:
+            return EvalResult(float("nan"), float("nan"), 0)
+        return EvalResult(total_loss / n, correct / n, n)
+
+    def get_module(self) -> ModuleWeights:
+        return {t.name: np.array(self._state.get_parameter(t.name).data.numpy()) for t in self.task.trainable}
+
+    def set_module(self, weights: ModuleWeights) -> None:
+        check_module(weights, self.task)
+        for t in self.task.trainable:
+            value = self._C.OrtValue.ortvalue_from_numpy(np.ascontiguousarray(weights[t.name], np.float32), self._device)
+            self._state.copy_parameter_from(t.name, value)
+        self._optimizer = self._new_optimizer()  # fresh moments: a new round starts from the global module
+        self.set_learning_rate(self._lr)
+
+    def set_learning_rate(self, lr: float) -> None:
+        self._lr = lr
+        self._optimizer.set_learning_rate(lr)
