@@ -4,6 +4,10 @@ from __future__ import annotations
 
 import logging
 import os
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import uvicorn
@@ -42,6 +46,45 @@ def serve(
         access_log=log_level == "debug",
         timeout_graceful_shutdown=10,
     )
+
+
+@contextmanager
+def serve_in_thread(
+    config: ServerConfig,
+    host: str = "127.0.0.1",
+    port: int = 0,
+    ssl_certfile: str | os.PathLike[str] | None = None,
+    ssl_keyfile: str | os.PathLike[str] | None = None,
+    start_timeout_s: float = 30.0,
+) -> Iterator[str]:
+    """A real uvicorn server on a background thread (in-process simulation, tests); yields its URL.
+
+    Port 0 picks a free port. The server stops when the block ends.
+    """
+    server = uvicorn.Server(
+        uvicorn.Config(
+            create_app(config),
+            host=host,
+            port=port,
+            ssl_certfile=None if ssl_certfile is None else str(ssl_certfile),
+            ssl_keyfile=None if ssl_keyfile is None else str(ssl_keyfile),
+            log_level="warning",
+            timeout_graceful_shutdown=5,
+        )
+    )
+    thread = threading.Thread(target=server.run, name="fedserver-uvicorn", daemon=True)
+    thread.start()
+    deadline = time.monotonic() + start_timeout_s
+    while not server.started:
+        if not thread.is_alive() or time.monotonic() > deadline:
+            raise ServerConfigError(f"the server did not start on {host}:{port}")
+        time.sleep(0.01)
+    bound = server.servers[0].sockets[0].getsockname()[1]
+    try:
+        yield f"{'https' if ssl_certfile else 'http'}://{host}:{bound}"
+    finally:
+        server.should_exit = True
+        thread.join(timeout=15)
 
 
 def stored_enroll_key(state_dir: Path) -> str:

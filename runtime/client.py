@@ -1,0 +1,492 @@
+"""The device side of a federation: register once, fetch the bundle once, then round after round:
+get the round → download the global module → train `local_epochs` → upload the new weights.
+
+Crash-safe by construction: the token, the update waiting to be sent (with its idempotency key) and
+the last round sent live in a state directory per client (default `~/.fedyolo/clients/<name>`), so
+a restarted client re-sends the same update under the same key and the server counts it once.
+Plain numpy + httpx: no torch, no fastapi.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+import numpy as np
+
+from fedyolo.runtime.bundle import Bundle, open_bundle
+from fedyolo.runtime.errors import FedyoloError
+from fedyolo.runtime.fedprox import ProximalTrainer, proximal_step
+from fedyolo.runtime.http_transport import Connection, FederationError, RetryPolicy, error_of
+from fedyolo.runtime.manifest import FileEntry, TaskSpec, sha256_file
+from fedyolo.runtime.trainer import Batch, Trainer
+from fedyolo.runtime.wire import ModuleWeights, decode_module, encode_module
+
+log = logging.getLogger(__name__)
+
+TrainerFactory = Callable[[Bundle, str], Trainer]
+FEDYOLO_HOME = Path(os.environ.get("FEDYOLO_HOME", Path.home() / ".fedyolo"))
+
+
+@dataclass(frozen=True)
+class Progress:
+    """One thing the client did or waits for; `done`/`total` count bytes (download) or steps (train)."""
+
+    stage: str  # download | round | train | upload | wait | done
+    task_id: str
+    round: int
+    detail: str
+    done: float = 0.0
+    total: float = 0.0
+
+
+@dataclass(frozen=True)
+class RoundResult:
+    """A round this client took part in."""
+
+    task_id: str
+    round: int
+    outcome: str  # accepted | stale (the round closed before the update arrived)
+    examples: int
+    metrics: dict[str, float] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class PendingUpdate:
+    """A trained update not yet acknowledged; its key stays the same across retries and restarts."""
+
+    task_id: str
+    round: int
+    idempotency_key: str
+    examples: int
+    metrics: dict[str, float]
+    sha256: str
+
+
+def _write_atomic(path: Path, data: bytes) -> None:
+    """temp → fsync → rename → fsync folder: a reader sees the old file or the new one, never half."""
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+    dir_fd = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)
+
+
+class ClientState:
+    """Files of one client: `credentials.json`, and per task `pending.*` and `submitted.json`."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+
+    def credentials(self) -> dict[str, Any] | None:
+        path = self.root / "credentials.json"
+        return json.loads(path.read_text()) if path.is_file() else None
+
+    def save_credentials(self, url: str, client_id: int, token: str) -> None:
+        _write_atomic(
+            self.root / "credentials.json",
+            json.dumps({"url": url, "client_id": client_id, "token": token}).encode(),
+        )
+
+    def _task(self, task_id: str) -> Path:
+        return self.root / "tasks" / task_id
+
+    def pending(self, task_id: str) -> tuple[PendingUpdate, bytes] | None:
+        """The update waiting to be sent, if its body is intact."""
+        meta, body = self._task(task_id) / "pending.json", self._task(task_id) / "pending.safetensors"
+        if not meta.is_file() or not body.is_file():
+            return None
+        pending = PendingUpdate(**json.loads(meta.read_text()))
+        if sha256_file(body) != pending.sha256:
+            self.drop_pending(task_id)
+            return None
+        return pending, body.read_bytes()
+
+    def save_pending(self, pending: PendingUpdate, body: bytes) -> None:
+        # Body first: pending.json names a body that is already on disk.
+        _write_atomic(self._task(pending.task_id) / "pending.safetensors", body)
+        _write_atomic(self._task(pending.task_id) / "pending.json", json.dumps(asdict(pending)).encode())
+
+    def drop_pending(self, task_id: str) -> None:
+        for name in ("pending.json", "pending.safetensors"):
+            (self._task(task_id) / name).unlink(missing_ok=True)
+
+    def last_submitted(self, task_id: str) -> int:
+        path = self._task(task_id) / "submitted.json"
+        return int(json.loads(path.read_text())["round"]) if path.is_file() else 0
+
+    def mark_submitted(self, task_id: str, round_id: int) -> None:
+        _write_atomic(self._task(task_id) / "submitted.json", json.dumps({"round": round_id}).encode())
+
+
+def local_batches(data: Batch, batch_size: int, rng: np.random.Generator | None = None) -> Iterator[Batch]:
+    """`data` (arrays with a leading example axis) in batches; shuffled when `rng` is given."""
+    n = len(data["labels"])
+    order = rng.permutation(n) if rng is not None else np.arange(n)
+    for start in range(0, n, batch_size):
+        idx = order[start : start + batch_size]
+        yield {name: array[idx] for name, array in data.items()}
+
+
+def train_round(
+    trainer: Trainer,
+    global_weights: ModuleWeights,
+    data: Batch,
+    round_info: dict[str, Any],
+    rng: np.random.Generator,
+    eval_data: Batch | None = None,
+    on_step: Callable[[int, int, float], None] | None = None,
+) -> tuple[int, dict[str, float]]:
+    """Evaluate the global module on local data, then train it `local_epochs`; returns (examples, metrics).
+
+    `accuracy` and `loss` are the global module's on `eval_data` (or the local data) before training:
+    the federated evaluation the server averages. FedProx's term is applied when `proximal_mu` > 0.
+    """
+    examples = len(data["labels"])
+    batch_size, epochs, lr = (
+        int(round_info["batch_size"]),
+        int(round_info["local_epochs"]),
+        float(round_info["lr"]),
+    )
+    mu = float(round_info.get("proximal_mu", 0.0))
+    trainer.set_module(global_weights)
+    trainer.set_learning_rate(lr)
+    before = trainer.evaluate(local_batches(eval_data if eval_data is not None else data, batch_size))
+    if isinstance(trainer, ProximalTrainer):
+        trainer.set_proximal(global_weights, mu)
+    steps_per_epoch = -(-examples // batch_size)
+    losses = []
+    for epoch in range(epochs):
+        for i, batch in enumerate(local_batches(data, batch_size, rng)):
+            losses.append(trainer.step(batch))
+            if mu > 0 and not isinstance(trainer, ProximalTrainer):
+                trainer.set_module(proximal_step(trainer.get_module(), global_weights, lr, mu))
+            if on_step is not None:
+                on_step(epoch * steps_per_epoch + i + 1, epochs * steps_per_epoch, losses[-1])
+    metrics = {"accuracy": before.accuracy, "loss": before.loss, "train_loss": float(np.mean(losses))}
+    return examples, {k: v for k, v in metrics.items() if np.isfinite(v)}
+
+
+class FederationClient:
+    """One client of one server. Use as a context manager, or call `close()`."""
+
+    def __init__(
+        self,
+        url: str,
+        name: str = "default",
+        state_dir: str | os.PathLike[str] | None = None,
+        verify: bool | str | os.PathLike[str] = True,
+        retry: RetryPolicy | None = None,
+        on_progress: Callable[[Progress], None] | None = None,
+        timeout_s: float = 60.0,
+        sleep: Callable[[float], None] = time.sleep,
+    ) -> None:
+        self.url = url.rstrip("/")
+        self.state = ClientState(
+            Path(state_dir) if state_dir is not None else FEDYOLO_HOME / "clients" / name
+        )
+        self.conn = Connection(self.url, verify=verify, timeout_s=timeout_s, retry=retry, sleep=sleep)
+        self.sleep = sleep
+        self.on_progress = on_progress or (
+            lambda p: log.info("%s %s round %d: %s", p.stage, p.task_id, p.round, p.detail)
+        )
+        creds = self.state.credentials()
+        if creds is not None:
+            if creds["url"] != self.url:
+                raise FedyoloError(
+                    f"client state {self.state.root} belongs to {creds['url']}, not {self.url}; "
+                    "give this server another client name or state dir"
+                )
+            self.conn.token = creds["token"]
+
+    def __enter__(self) -> FederationClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self.conn.close()
+
+    @property
+    def registered(self) -> bool:
+        return self.conn.token is not None
+
+    def register(self, enroll_key: str, name: str = "") -> int:
+        """Register with the enrollment key once; the token is kept in the state dir (mode 0600)."""
+        if self.registered:
+            return int((self.state.credentials() or {})["client_id"])
+        body = self.conn.json(
+            "POST", "/v1/clients", json={"enroll_key": enroll_key, "name": name or self.state.root.name}
+        )
+        self.state.save_credentials(self.url, body["client_id"], body["token"])
+        self.conn.token = body["token"]
+        return int(body["client_id"])
+
+    def tasks(self) -> list[dict[str, Any]]:
+        return list(self.conn.json("GET", "/v1/tasks")["tasks"])
+
+    def current_round(self, task_id: str) -> dict[str, Any]:
+        return dict(self.conn.json("GET", f"/v1/tasks/{task_id}/round"))
+
+    def history(self, task_id: str) -> list[dict[str, Any]]:
+        return list(self.conn.json("GET", f"/v1/tasks/{task_id}/history")["rounds"])
+
+    def sync_bundle(
+        self, cache_dir: str | os.PathLike[str] | None = None, tasks: list[str] | None = None
+    ) -> Bundle:
+        """Download what is missing or changed (resuming partial files), check every sha256, open the bundle.
+
+        The cache is per device and per server (default `~/.fedyolo/bundles/<host_port>`): a file already
+        there with the right hash is never fetched again — the backbone travels once.
+        """
+        cache = Path(cache_dir) if cache_dir is not None else FEDYOLO_HOME / "bundles" / _url_key(self.url)
+        listing = self.conn.json("GET", "/v1/bundle")["files"]
+        wanted = [
+            f for f in listing
+            if not f["path"].startswith("tasks/") or tasks is None or f["path"].split("/")[1] in tasks
+        ]  # fmt: skip
+        wanted.sort(key=lambda f: f["path"] == "manifest.json")  # the manifest last
+        for f in wanted:
+            entry, dest = FileEntry(sha256=f["sha256"], bytes=f["bytes"]), cache / f["path"]
+            if dest.is_file() and dest.stat().st_size == entry.bytes and sha256_file(dest) == entry.sha256:
+                continue
+            got = [0]
+
+            def on_bytes(
+                n: int, path: str = f["path"], total: int = entry.bytes, got: list[int] = got
+            ) -> None:
+                got[0] += n
+                self.on_progress(Progress("download", "", 0, path, got[0], total))
+
+            self.conn.download(f"/v1/bundle/files/{f['path']}", dest, entry, on_bytes)
+        return open_bundle(cache, tasks=tasks)
+
+    def download_module(self, task: TaskSpec, version: int) -> ModuleWeights:
+        """A global module version, checked against the manifest and its ETag."""
+        response = self.conn.request("GET", f"/v1/tasks/{task.task_id}/modules/{version}")
+        if response.status_code != 200:
+            raise error_of(response)
+        etag = response.headers.get("etag", "").strip('"')
+        if etag and hashlib.sha256(response.content).hexdigest() != etag:
+            raise FederationError(
+                "bad_download", f"module version {version} of {task.task_id!r} arrived damaged"
+            )
+        return decode_module(response.content, task)
+
+    def upload(self, pending: PendingUpdate, body: bytes) -> dict[str, Any]:
+        """Send an update (retrying under the same idempotency key); returns the server's answer."""
+        response = self.conn.request(
+            "POST",
+            f"/v1/tasks/{pending.task_id}/rounds/{pending.round}/updates",
+            content=body,
+            headers={
+                "content-type": "application/octet-stream",
+                "idempotency-key": pending.idempotency_key,
+                "fedyolo-examples": str(pending.examples),
+                "fedyolo-metrics": json.dumps(pending.metrics),
+            },
+        )
+        if response.status_code != 201:
+            raise error_of(response)
+        return dict(response.json())
+
+    def run(
+        self,
+        task_id: str,
+        trainer_factory: TrainerFactory,
+        data: Batch,
+        rounds: int | None = None,
+        bundle: Bundle | None = None,
+        cache_dir: str | os.PathLike[str] | None = None,
+        eval_data: Batch | None = None,
+        poll_s: float = 1.0,
+        max_wait_s: float | None = None,
+        seed: int = 0,
+    ) -> list[RoundResult]:
+        """Take part in rounds of `task_id` until the task is finished or `rounds` updates were accepted.
+
+        `data` holds every local example (arrays with a leading example axis, `labels` among them).
+        Waits for the other clients between rounds, polling every `poll_s`, at most `max_wait_s` at a time.
+        """
+        bundle = bundle or self.sync_bundle(cache_dir, tasks=[task_id])
+        task = bundle.task(task_id)
+        trainer = trainer_factory(bundle, task_id)
+        rng = np.random.default_rng([seed, self.state.last_submitted(task_id)])
+        results: list[RoundResult] = []
+        waited_since: float | None = None
+        while rounds is None or len([r for r in results if r.outcome == "accepted"]) < rounds:
+            info = self.current_round(task_id)
+            r = int(info["round"])
+            if info["status"] == "finished":
+                self.on_progress(Progress("done", task_id, r, f"every round of {task_id!r} is done"))
+                break
+            if info["status"] != "open" or self.state.last_submitted(task_id) >= r:
+                waited_since = waited_since or time.monotonic()
+                if max_wait_s is not None and time.monotonic() - waited_since > max_wait_s:
+                    raise FederationError(
+                        "timeout", f"round {r} of {task_id!r} did not move for {max_wait_s:.0f} s"
+                    )
+                self.on_progress(Progress("wait", task_id, r, f"round {r} is {info['status']}; waiting"))
+                self.sleep(poll_s)
+                continue
+            waited_since = None
+            saved = self.state.pending(task_id)
+            if saved is not None and saved[0].round != r:
+                self.state.drop_pending(task_id)  # trained for a round that closed while we were away
+                saved = None
+            if saved is None:
+                saved = self._train(task, trainer, data, info, rng, eval_data)
+            pending, body = saved
+            self.on_progress(
+                Progress("upload", task_id, r, f"{len(body)} bytes, key {pending.idempotency_key[:8]}")
+            )
+            try:
+                answer = self.upload(pending, body)
+                outcome = "accepted"
+                log.debug("round %d accepted: %s", r, answer)
+            except FederationError as e:
+                if e.code not in ("stale_round", "already_submitted", "task_finished"):
+                    if e.status and e.status < 500:
+                        self.state.drop_pending(task_id)  # the server will never take this one
+                    raise
+                outcome = "accepted" if e.code == "already_submitted" else "stale"
+            if outcome == "accepted":
+                self.state.mark_submitted(task_id, r)
+            self.state.drop_pending(task_id)
+            results.append(RoundResult(task_id, r, outcome, pending.examples, pending.metrics))
+            self.on_progress(Progress("round", task_id, r, f"update {outcome}; metrics {pending.metrics}"))
+        return results
+
+    def _train(
+        self,
+        task: TaskSpec,
+        trainer: Trainer,
+        data: Batch,
+        info: dict[str, Any],
+        rng: np.random.Generator,
+        eval_data: Batch | None,
+    ) -> tuple[PendingUpdate, bytes]:
+        r = int(info["round"])
+        global_weights = self.download_module(task, int(info["module_version"]))
+
+        def on_step(done: int, total: int, loss: float) -> None:
+            self.on_progress(Progress("train", task.task_id, r, f"loss {loss:.4f}", done, total))
+
+        examples, metrics = train_round(trainer, global_weights, data, info, rng, eval_data, on_step)
+        body = encode_module(trainer.get_module(), task)
+        pending = PendingUpdate(
+            task.task_id, r, uuid.uuid4().hex, examples, metrics, hashlib.sha256(body).hexdigest()
+        )
+        self.state.save_pending(pending, body)  # from here on a crash re-sends this exact update
+        return pending, body
+
+
+def _url_key(url: str) -> str:
+    parts = urlsplit(url)
+    return (parts.hostname or "server") + (f"_{parts.port}" if parts.port else "")
+
+
+def status_command(url: str, verify: bool | str | os.PathLike[str] = True) -> None:
+    """`fedyolo status URL`: a table of rounds, clients, accuracy and bytes per task."""
+    from rich.console import Console
+    from rich.table import Table
+
+    conn = Connection(url, verify=verify, retry=RetryPolicy(attempts=3, base_s=0.5))
+    try:
+        status = conn.json("GET", "/v1/status")
+    finally:
+        conn.close()
+    table = Table(title=f"{url}: {status['clients_registered']} clients registered")
+    for column in (
+        "task",
+        "round",
+        "status",
+        "rounds done",
+        "updates",
+        "clients",
+        "accuracy",
+        "loss",
+        "received",
+    ):
+        table.add_column(column, justify="left" if column in ("task", "status") else "right")
+    for t in status["tasks"]:
+        table.add_row(
+            t["task_id"],
+            f"{t['round']}/{t['rounds_total']}",
+            f"{t['status']} ({t['updates']}/{t['min_clients']})" if t["status"] == "open" else t["status"],
+            str(t["rounds_committed"]),
+            str(t["updates_total"]),
+            str(t["clients"]),
+            "-" if t["accuracy"] is None else f"{t['accuracy']:.3f}",
+            "-" if t["loss"] is None else f"{t['loss']:.4f}",
+            f"{t['bytes_received'] / 1e6:.1f} MB",
+        )
+    Console().print(table)
+
+
+def client_command(
+    url: str,
+    task: str,
+    data_path: str | os.PathLike[str],
+    enroll_key: str | None = None,
+    state_dir: str | os.PathLike[str] | None = None,
+    trainer_factory: TrainerFactory | None = None,
+    data_loader: Callable[[Bundle, str, Path], Batch] | None = None,
+    rounds: int | None = None,
+    cache_dir: str | os.PathLike[str] | None = None,
+    name: str = "default",
+    verify: bool | str | os.PathLike[str] = True,
+) -> list[RoundResult]:
+    """`fedyolo client URL --task T --data FILE`: register once, fetch the bundle once, train rounds.
+
+    `trainer_factory(bundle, task)` builds the runtime trainer; `data_loader(bundle, task, path)` reads
+    the local examples into arrays. The CLI supplies both.
+    """
+    from rich.console import Console
+
+    if trainer_factory is None or data_loader is None:
+        raise FedyoloError("client_command needs a trainer factory and a data loader (the CLI passes them)")
+    console = Console(stderr=True)
+    shown: dict[str, float] = {}
+
+    def show(p: Progress) -> None:
+        if p.stage in ("download", "train"):  # throttle: a line per 10 % of the work
+            step = int(10 * p.done / p.total) if p.total else 0
+            if shown.get(p.stage + p.detail.split()[0]) == step:
+                return
+            shown[p.stage + p.detail.split()[0]] = step
+            console.log(f"{p.stage} {p.detail}: {100 * p.done / max(p.total, 1):.0f} %")
+        else:
+            console.log(f"{p.stage} {p.task_id} round {p.round}: {p.detail}")
+
+    with FederationClient(url, name=name, state_dir=state_dir, verify=verify, on_progress=show) as client:
+        if not client.registered:
+            if not enroll_key:
+                raise FedyoloError("this client is not registered yet: pass the server's --enroll-key once")
+            console.log(
+                f"registered as client {client.register(enroll_key)}; token kept in {client.state.root}"
+            )
+        bundle = client.sync_bundle(cache_dir, tasks=[task])
+        data = data_loader(bundle, task, Path(data_path))
+        results = client.run(task, trainer_factory, data, rounds=rounds, bundle=bundle)
+    accepted = [r for r in results if r.outcome == "accepted"]
+    console.log(f"{len(accepted)} updates accepted for task {task!r}")
+    return results

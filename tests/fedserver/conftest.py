@@ -1,0 +1,113 @@
+"""Fixtures for the server tests: a synthetic bundle, a config, an in-process API client."""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from fastapi.testclient import TestClient
+
+from fedyolo.fedserver.app import create_app
+from fedyolo.fedserver.config import ServerConfig
+from fedyolo.fedserver.synthetic import build_bundle
+from fedyolo.runtime.bundle import open_bundle
+from fedyolo.runtime.manifest import TaskSpec
+from fedyolo.runtime.wire import ModuleWeights, encode_module
+
+ENROLL_KEY = "test-enroll-key-0123456789"
+SMALL_MODULE = {"adapter.down": (64, 16), "adapter.up": (16, 64), "head.weight": (5, 64), "head.bias": (5,)}
+
+
+@pytest.fixture
+def bundle_dir(tmp_path: Path) -> Path:
+    return build_bundle(tmp_path / "bundle", tasks={"topics": SMALL_MODULE, "language": SMALL_MODULE})
+
+
+@pytest.fixture
+def config(tmp_path: Path, bundle_dir: Path) -> ServerConfig:
+    return ServerConfig(
+        bundle_dir=bundle_dir, state_dir=tmp_path / "state", rounds=3, min_clients=2, enroll_key=ENROLL_KEY
+    )
+
+
+def task_spec(bundle_dir: Path, task_id: str = "topics") -> TaskSpec:
+    return open_bundle(bundle_dir, verify=False).task(task_id)
+
+
+def random_module(task: TaskSpec, seed: int, scale: float = 0.1) -> ModuleWeights:
+    rng = np.random.default_rng(seed)
+    return {t.name: (scale * rng.standard_normal(t.shape)).astype(np.float32) for t in task.trainable}
+
+
+class Api:
+    """A TestClient with the calls the tests make, each returning the raw response."""
+
+    def __init__(self, client: TestClient, task: TaskSpec) -> None:
+        self.http = client
+        self.task = task
+
+    def register(self, key: str = ENROLL_KEY) -> dict[str, str]:
+        response = self.http.post("/v1/clients", json={"enroll_key": key, "name": "t"})
+        assert response.status_code == 201, response.text
+        return {"authorization": f"Bearer {response.json()['token']}"}
+
+    def round(self, auth: dict[str, str], task_id: str = "topics") -> dict[str, Any]:
+        response = self.http.get(f"/v1/tasks/{task_id}/round", headers=auth)
+        assert response.status_code == 200, response.text
+        return dict(response.json())
+
+    def upload(
+        self,
+        auth: dict[str, str],
+        round_id: int,
+        body: bytes | ModuleWeights,
+        examples: int | str = 10,
+        key: str | None = None,
+        metrics: str = '{"accuracy": 0.5, "loss": 1.0}',
+        task_id: str = "topics",
+    ) -> Any:
+        content = body if isinstance(body, bytes) else encode_module(body, self.task)
+        headers = auth | {
+            "idempotency-key": key or uuid.uuid4().hex,
+            "fedyolo-examples": str(examples),
+            "fedyolo-metrics": metrics,
+            "content-type": "application/octet-stream",
+        }
+        return self.http.post(f"/v1/tasks/{task_id}/rounds/{round_id}/updates", content=content, headers=headers)
+
+    def wait_round(self, auth: dict[str, str], round_id: int, timeout_s: float = 10.0) -> dict[str, Any]:
+        """Bounded wait until the task's current round is `round_id` or later (or finished)."""
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            info = self.round(auth)
+            if info["round"] >= round_id and info["status"] in ("open", "finished"):
+                return info
+            time.sleep(0.02)
+        raise AssertionError(f"round {round_id} did not open within {timeout_s} s")
+
+
+@pytest.fixture
+def make_api(config: ServerConfig, bundle_dir: Path) -> Iterator[Callable[..., Api]]:
+    """Build an in-process app (lifespan running) with config overrides; closed at teardown."""
+    opened: list[TestClient] = []
+
+    def make(**overrides: Any) -> Api:
+        client = TestClient(create_app(replace(config, **overrides)))
+        client.__enter__()
+        opened.append(client)
+        return Api(client, task_spec(bundle_dir))
+
+    yield make
+    for client in opened:
+        client.__exit__(None, None, None)
+
+
+@pytest.fixture
+def api(make_api: Callable[..., Api]) -> Api:
+    return make_api()
