@@ -14,7 +14,7 @@ from contextlib import asynccontextmanager
 from dataclasses import asdict
 from typing import Annotated, Any
 
-from fastapi import Depends, FastAPI, Header, Request, Security
+from fastapi import Depends, FastAPI, Header, Path, Request, Security
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse, Response
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
@@ -50,6 +50,10 @@ ERRORS: dict[int | str, dict[str, Any]] = {
     status: {"model": ErrorBody, "description": ", ".join(sorted(c for c, s in CODES.items() if s == status))}
     for status in sorted(set(CODES.values()))
 }
+ERRORS[400] = {"model": ErrorBody, "description": "invalid_request: a body that is not JSON"}
+# Header names whose validation errors get the upload's own codes rather than invalid_request.
+HEADER_CODES = {"Fedyolo-Examples": "bad_examples", "Fedyolo-Metrics": "bad_metrics"}
+SQLITE_INT_MAX = 2**63 - 1
 UPLOAD_BODY = {
     "requestBody": {
         "required": True,
@@ -149,13 +153,17 @@ def create_app(config: ServerConfig) -> FastAPI:
 
     @app.exception_handler(RequestValidationError)
     async def invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
-        problems = "; ".join(f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors()[:5])
-        return JSONResponse({"code": "invalid_request", "detail": problems}, status_code=422)
+        errors = exc.errors()
+        problems = "; ".join(f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in errors[:5])
+        fields = {str(p) for e in errors for p in e["loc"]}
+        code = next((c for name, c in HEADER_CODES.items() if name in fields), "invalid_request")
+        return JSONResponse({"code": code, "detail": problems}, status_code=422)
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
         code = STATUS_CODES.get(exc.status_code, "invalid_request")
-        return JSONResponse({"code": code, "detail": str(exc.detail)}, status_code=exc.status_code)
+        body = {"code": code, "detail": str(exc.detail)}
+        return JSONResponse(body, status_code=exc.status_code, headers=getattr(exc, "headers", None))
 
     @app.exception_handler(Exception)
     async def internal(request: Request, exc: Exception) -> JSONResponse:
@@ -231,7 +239,9 @@ def create_app(config: ServerConfig) -> FastAPI:
         response_class=Response,
         responses={200: {"content": {OCTET: {}}}, 304: {"description": "not modified"}},
     )
-    def module(task_id: str, version: int, request: Request, client: Client) -> Response:
+    def module(
+        task_id: str, version: Annotated[int, Path(ge=0, le=SQLITE_INT_MAX)], request: Request, client: Client
+    ) -> Response:
         """A committed module version as safetensors; immutable, ETag is its quoted sha256."""
         sha, body = rounds.module(task_id, version)
         headers = {"etag": f'"{sha}"', "cache-control": "private, max-age=31536000, immutable"}
@@ -248,11 +258,14 @@ def create_app(config: ServerConfig) -> FastAPI:
     )
     async def upload(
         task_id: str,
-        round_id: int,
+        round_id: Annotated[int, Path(ge=1, le=SQLITE_INT_MAX)],
         request: Request,
         client: Client,
         idempotency_key: Annotated[str, Header(alias="Idempotency-Key", min_length=8, max_length=128)],
-        examples: Annotated[int, Header(alias="Fedyolo-Examples", description="training examples behind it")],
+        examples: Annotated[
+            int,
+            Header(alias="Fedyolo-Examples", ge=1, le=SQLITE_INT_MAX, description="examples trained on"),
+        ],
         metrics: Annotated[str, Header(alias="Fedyolo-Metrics", max_length=4096)] = "{}",
     ) -> JSONResponse:
         """Upload this client's module weights for an open round; retry with the same Idempotency-Key."""

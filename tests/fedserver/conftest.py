@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -79,7 +80,9 @@ class Api:
             "fedyolo-metrics": metrics,
             "content-type": "application/octet-stream",
         }
-        return self.http.post(f"/v1/tasks/{task_id}/rounds/{round_id}/updates", content=content, headers=headers)
+        return self.http.post(
+            f"/v1/tasks/{task_id}/rounds/{round_id}/updates", content=content, headers=headers
+        )
 
     def wait_round(self, auth: dict[str, str], round_id: int, timeout_s: float = 10.0) -> dict[str, Any]:
         """Bounded wait until the task's current round is `round_id` or later (or finished)."""
@@ -111,3 +114,93 @@ def make_api(config: ServerConfig, bundle_dir: Path) -> Iterator[Callable[..., A
 @pytest.fixture
 def api(make_api: Callable[..., Api]) -> Api:
     return make_api()
+
+
+def recompute_from_scratch(
+    state_dir: Path, bundle_dir: Path, config: ServerConfig, task_id: str
+) -> dict[int, Any]:
+    """Every committed module version of a task, recomputed in this process from the bundle's module and
+    the stored update blobs alone (the server's aggregation code path is not used)."""
+    import sqlite3
+
+    from fedyolo.fedserver.store import DB_NAME
+    from fedyolo.fedserver.strategies import STRATEGIES, StrategyState, WeightedSum, clip_delta, module_delta
+    from fedyolo.runtime.wire import decode_module
+
+    task = task_spec(bundle_dir, task_id)
+    blobs = state_dir / "blobs"
+
+    def blob(sha: str) -> bytes:
+        data = (blobs / sha[:2] / sha).read_bytes()
+        assert hashlib.sha256(data).hexdigest() == sha, f"blob {sha} is corrupt"
+        return data
+
+    db = sqlite3.connect(state_dir / DB_NAME)
+    weights = decode_module((bundle_dir / "tasks" / task_id / "module.safetensors").read_bytes(), task)
+    state = StrategyState()
+    expected = {}
+    committed = db.execute(
+        "SELECT round FROM rounds WHERE task_id = ? AND status = 'committed' ORDER BY round", (task_id,)
+    ).fetchall()
+    for (round_id,) in committed:
+        acc = WeightedSum({t.name: t.shape for t in task.trainable})
+        for sha, examples in db.execute(
+            "SELECT blob, examples FROM updates WHERE task_id = ? AND round = ? ORDER BY id",
+            (task_id, round_id),
+        ):
+            acc.add(
+                clip_delta(module_delta(decode_module(blob(sha), task), weights), config.clip_norm), examples
+            )
+        weights, state = STRATEGIES[config.strategy](weights, acc.mean(), state, config.strategy_params)
+        expected[round_id] = weights
+    db.close()
+    return expected
+
+
+def stored_versions(state_dir: Path, bundle_dir: Path, task_id: str) -> dict[int, Any]:
+    """The module versions the server committed, by the round that made them."""
+    import sqlite3
+
+    from fedyolo.fedserver.store import DB_NAME
+    from fedyolo.runtime.wire import decode_module
+
+    task = task_spec(bundle_dir, task_id)
+    db = sqlite3.connect(state_dir / DB_NAME)
+    rows = db.execute(
+        "SELECT round, blob FROM module_versions WHERE task_id = ? AND round IS NOT NULL ORDER BY round",
+        (task_id,),
+    ).fetchall()
+    db.close()
+    return {r: decode_module((state_dir / "blobs" / sha[:2] / sha).read_bytes(), task) for r, sha in rows}
+
+
+def assert_rounds_consistent(state_dir: Path, rounds_total: int) -> None:
+    """No half-committed round: each committed round has exactly its module version and a successor."""
+    import sqlite3
+
+    from fedyolo.fedserver.store import DB_NAME
+
+    db = sqlite3.connect(state_dir / DB_NAME)
+    for (task_id,) in db.execute("SELECT task_id FROM tasks").fetchall():
+        rows = db.execute(
+            "SELECT round, status, base_version FROM rounds WHERE task_id = ? ORDER BY round", (task_id,)
+        ).fetchall()
+        versions = {
+            v: r
+            for v, r in db.execute("SELECT version, round FROM module_versions WHERE task_id = ?", (task_id,))
+        }
+        assert [r for r, _, _ in rows] == list(range(1, len(rows) + 1))
+        for i, (round_id, status, base) in enumerate(rows):
+            assert base == round_id - 1
+            if status == "committed":
+                assert versions.get(round_id) == round_id, (
+                    f"{task_id} round {round_id} committed without its module"
+                )
+                assert i + 1 < len(rows) or round_id == rounds_total, (
+                    f"{task_id} round {round_id} has no successor"
+                )
+            else:
+                assert i == len(rows) - 1, f"{task_id} round {round_id} is {status} but not the last"
+                assert round_id not in versions, f"{task_id} round {round_id} has a module but is {status}"
+        assert set(versions) == {0} | {r for r, s, _ in rows if s == "committed"}
+    db.close()

@@ -40,7 +40,8 @@ def test_fedavg_is_the_example_weighted_mean_of_client_weights() -> None:
     new, state = fedavg(global_w, mean_delta(global_w, clients, examples), StrategyState(), StrategyParams())
     # Assert
     for k in SHAPES:
-        naive = sum(e * c[k].astype(np.float64) for e, c in zip(examples, clients, strict=True)) / sum(examples)
+        total = sum(e * c[k].astype(np.float64) for e, c in zip(examples, clients, strict=True))
+        naive = total / sum(examples)
         np.testing.assert_allclose(new[k], naive, rtol=1e-6, atol=1e-7)
         assert new[k].dtype == np.float32
     assert state.step == 1
@@ -115,6 +116,6 @@ def test_strategies_are_deterministic_through_float32_state() -> None:
     global_w, *clients = modules(3, seed=4)
     d = mean_delta(global_w, clients, [1.0, 1.0])
     w_a, s_a = fedadam(global_w, d, StrategyState(), StrategyParams())
-    w_b, s_b = fedadam(global_w, d, StrategyState(), StrategyParams())
+    w_b, _ = fedadam(global_w, d, StrategyState(), StrategyParams())
     assert all(np.array_equal(w_a[k], w_b[k]) for k in SHAPES)
     assert all(s_a.first[k].dtype == np.float32 for k in SHAPES)
