@@ -10,15 +10,20 @@ if TYPE_CHECKING:
     from fedyolo.fedserver.rounds import Rounds
 
 
-def mean_metrics(rows: list[tuple[int, dict[str, float]]]) -> dict[str, float]:
-    """Example-weighted mean of each metric over the updates that report it."""
-    sums: dict[str, float] = {}
-    weights: dict[str, float] = {}
-    for examples, metrics in rows:
+class MetricsMean:
+    """Example-weighted mean of each metric over the updates that report it, fed one update at a time."""
+
+    def __init__(self) -> None:
+        self._sums: dict[str, float] = {}
+        self._weights: dict[str, float] = {}
+
+    def add(self, examples: int, metrics: dict[str, float]) -> None:
         for key, value in metrics.items():
-            sums[key] = sums.get(key, 0.0) + examples * value
-            weights[key] = weights.get(key, 0.0) + examples
-    return {key: sums[key] / weights[key] for key in sorted(sums)}
+            self._sums[key] = self._sums.get(key, 0.0) + examples * value
+            self._weights[key] = self._weights.get(key, 0.0) + examples
+
+    def mean(self) -> dict[str, float]:
+        return {key: self._sums[key] / self._weights[key] for key in sorted(self._sums)}
 
 
 def round_history(rounds: Rounds, task_id: str) -> list[dict[str, Any]]:

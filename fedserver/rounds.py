@@ -17,13 +17,13 @@ import math
 import queue
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
 from fedyolo.fedserver.config import ServerConfig
 from fedyolo.fedserver.errors import ApiError, ServerConfigError
-from fedyolo.fedserver.reports import mean_metrics
+from fedyolo.fedserver.reports import MetricsMean
 from fedyolo.fedserver.store import Store, decode_state, encode_state, sha256_hex
 from fedyolo.fedserver.strategies import STRATEGIES, StrategyState, WeightedSum, clip_delta, module_delta
 from fedyolo.runtime.bundle import Bundle
@@ -390,22 +390,19 @@ class Rounds:
                 "SELECT blob, state_blob FROM module_versions WHERE task_id = ? AND version = ?",
                 (task_id, r["base_version"]),
             ).fetchone()
-            rows = db.execute(
-                "SELECT blob, examples, metrics FROM updates WHERE task_id = ? AND round = ? ORDER BY id",
-                (task_id, round_id),
-            ).fetchall()
         blobs = self.store.blobs
         global_weights = decode_module(blobs.get(base["blob"]), task)
         state = decode_state(blobs.get(base["state_blob"])) if base["state_blob"] else StrategyState()
         acc = WeightedSum({t.name: t.shape for t in task.trainable})
-        for row in rows:  # one update in memory at a time
+        metrics = MetricsMean()
+        for row in self._updates(task_id, round_id):  # one update in memory at a time
             weights = decode_module(blobs.get(row["blob"]), task)
             acc.add(clip_delta(module_delta(weights, global_weights), self.config.clip_norm), row["examples"])
+            metrics.add(row["examples"], json.loads(row["metrics"]))
             del weights
         new_weights, new_state = self.strategy(global_weights, acc.mean(), state, self.config.strategy_params)
         module_blob = blobs.put(encode_module(new_weights, task))
         state_blob = blobs.put(encode_state(new_state)) if new_state.first or new_state.second else None
-        metrics = mean_metrics([(row["examples"], json.loads(row["metrics"])) for row in rows])
         version = int(r["base_version"]) + 1
         now = self.clock()
         with self.store.transaction() as db:
@@ -421,7 +418,7 @@ class Rounds:
             db.execute(
                 "UPDATE rounds SET status = 'committed', committed_at = ?, metrics = ? "
                 "WHERE task_id = ? AND round = ?",
-                (now, json.dumps(metrics), task_id, round_id),
+                (now, json.dumps(metrics.mean()), task_id, round_id),
             )
             if round_id < self.config.rounds:
                 self._open_round(db, task_id, round_id + 1, version, now)
@@ -430,6 +427,21 @@ class Rounds:
             acc.total_weight, version,
         )  # fmt: skip
         return version
+
+    def _updates(self, task_id: str, round_id: int, page: int = 256) -> Iterator[Any]:
+        """The round's updates in acceptance order, a page at a time: memory stays O(page), not O(clients)."""
+        last = 0
+        while True:
+            with self.store.read() as db:
+                rows = db.execute(
+                    "SELECT id, blob, examples, metrics FROM updates "
+                    "WHERE task_id = ? AND round = ? AND id > ? ORDER BY id LIMIT ?",
+                    (task_id, round_id, last, page),
+                ).fetchall()
+            if not rows:
+                return
+            yield from rows
+            last = rows[-1]["id"]
 
     def _work(self) -> None:
         while not self._stop.is_set():

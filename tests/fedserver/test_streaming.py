@@ -1,0 +1,65 @@
+"""Aggregation streams: peak memory is O(module size), not O(number of updates)."""
+
+from __future__ import annotations
+
+import tracemalloc
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from fedyolo.fedserver.clients import Clients
+from fedyolo.fedserver.config import ServerConfig
+from fedyolo.fedserver.rounds import Rounds, Update
+from fedyolo.fedserver.store import Store
+from fedyolo.fedserver.synthetic import build_bundle
+from fedyolo.runtime.bundle import open_bundle
+from fedyolo.runtime.wire import encode_module
+
+from .conftest import ENROLL_KEY, random_module, recompute_from_scratch, stored_versions
+
+MODULE = {"adapter.down": (128, 64), "adapter.up": (64, 128)}  # 64 KiB of fp32
+
+
+def filled_round(tmp_path: Path, n: int) -> tuple[Rounds, ServerConfig]:
+    """A round of `n` accepted updates from `n` clients, closed and waiting for aggregation."""
+    bundle = open_bundle(build_bundle(tmp_path / "bundle", tasks={"topics": MODULE}))
+    config = ServerConfig(
+        bundle_dir=bundle.root, state_dir=tmp_path / "state", rounds=2, min_clients=n, enroll_key=ENROLL_KEY
+    )
+    store = Store(config.state_dir)
+    rounds = Rounds(config, bundle, store)
+    rounds.recover()
+    clients = Clients(store, ENROLL_KEY)
+    task = bundle.task("topics")
+    base = random_module(task, 0, scale=1.0)
+    for i in range(n):
+        client_id, _ = clients.register(ENROLL_KEY, f"c{i}")
+        weights = {k: v + np.float32(0.001 * i) for k, v in base.items()}  # cheap distinct updates
+        body = encode_module(weights, task)
+        answer = rounds.submit(
+            Update(client_id, "topics", 1, f"key-{i:06d}", body, 1 + i % 50, {"loss": 1.0})
+        )
+        assert answer.status_code == 201
+    assert rounds.current("topics").status == "aggregating"
+    return rounds, config
+
+
+@pytest.mark.slow
+def test_aggregating_1000_updates_takes_memory_of_a_few_modules(tmp_path: Path) -> None:
+    # Prepare
+    rounds, config = filled_round(tmp_path, 1000)
+    module_bytes = rounds.task("topics").module_bytes
+    # Execute
+    tracemalloc.start()
+    version = rounds.aggregate("topics", 1)
+    _, peak = tracemalloc.get_traced_memory()
+    tracemalloc.stop()
+    rounds.store.close()
+    # Assert
+    assert version == 1
+    print(f"peak {peak / module_bytes:.1f} module sizes while summing 1000 updates of {module_bytes} bytes")
+    assert peak < 12 * module_bytes  # the updates together are 1000 module sizes
+    expected = recompute_from_scratch(config.state_dir, config.bundle_dir, config, "topics")
+    stored = stored_versions(config.state_dir, config.bundle_dir, "topics")
+    assert all(np.array_equal(stored[1][k], expected[1][k]) for k in MODULE)
