@@ -9,6 +9,7 @@ Plain numpy + httpx: no torch, no fastapi.
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import json
 import logging
@@ -21,6 +22,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
+import httpx
 import numpy as np
 
 from fedyolo.runtime.bundle import Bundle, open_bundle
@@ -197,12 +199,15 @@ class FederationClient:
         on_progress: Callable[[Progress], None] | None = None,
         timeout_s: float = 60.0,
         sleep: Callable[[float], None] = time.sleep,
+        transport: httpx.BaseTransport | None = None,
     ) -> None:
         self.url = url.rstrip("/")
         self.state = ClientState(
             Path(state_dir) if state_dir is not None else FEDYOLO_HOME / "clients" / name
         )
-        self.conn = Connection(self.url, verify=verify, timeout_s=timeout_s, retry=retry, sleep=sleep)
+        self.conn = Connection(
+            self.url, verify=verify, timeout_s=timeout_s, retry=retry, sleep=sleep, transport=transport
+        )
         self.sleep = sleep
         self.on_progress = on_progress or (
             lambda p: log.info("%s %s round %d: %s", p.stage, p.task_id, p.round, p.detail)
@@ -264,6 +269,13 @@ class FederationClient:
             if not f["path"].startswith("tasks/") or tasks is None or f["path"].split("/")[1] in tasks
         ]  # fmt: skip
         wanted.sort(key=lambda f: f["path"] == "manifest.json")  # the manifest last
+        cache.mkdir(parents=True, exist_ok=True)
+        with open(cache / ".lock", "w") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)  # clients of one device share the cache: one writer at a time
+            self._fetch_missing(cache, wanted)
+        return open_bundle(cache, tasks=tasks)
+
+    def _fetch_missing(self, cache: Path, wanted: list[dict[str, Any]]) -> None:
         for f in wanted:
             entry, dest = FileEntry(sha256=f["sha256"], bytes=f["bytes"]), cache / f["path"]
             if dest.is_file() and dest.stat().st_size == entry.bytes and sha256_file(dest) == entry.sha256:
@@ -277,7 +289,6 @@ class FederationClient:
                 self.on_progress(Progress("download", "", 0, path, got[0], total))
 
             self.conn.download(f"/v1/bundle/files/{f['path']}", dest, entry, on_bytes)
-        return open_bundle(cache, tasks=tasks)
 
     def download_module(self, task: TaskSpec, version: int) -> ModuleWeights:
         """A global module version, checked against the manifest and its ETag."""

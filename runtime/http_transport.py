@@ -74,12 +74,15 @@ class Connection:
         timeout_s: float = 60.0,
         retry: RetryPolicy | None = None,
         sleep: Callable[[float], None] = time.sleep,
+        transport: httpx.BaseTransport | None = None,
     ) -> None:
         self.url = url.rstrip("/")
         self.retry = retry or RetryPolicy()
         self.sleep = sleep
         self.token: str | None = None
-        self.http = httpx.Client(base_url=self.url, verify=ssl_context(verify), timeout=timeout_s)
+        self.http = httpx.Client(
+            base_url=self.url, verify=ssl_context(verify), timeout=timeout_s, transport=transport
+        )
 
     def close(self) -> None:
         self.http.close()
