@@ -1,0 +1,234 @@
+"""Load on the federation server: N concurrent clients over loopback, real 320 KB module updates.
+
+Question: how many uploads per second does one server accept AND aggregate on this machine, at what
+upload latency, with how much memory, and does it lose or duplicate any update?
+
+Each simulated client loops: GET the round → GET the global module → POST its update (a distinct
+safetensors body of the manifest's shapes) → wait for the next round. A round closes when every client
+has sent (min_clients = N), so every update is aggregated. Counts come from the server's database.
+
+    python benchmarks/server_load.py --clients 64 --seconds 20
+"""
+
+from __future__ import annotations
+
+import argparse
+import http.client
+import json
+import os
+import platform
+import random
+import sqlite3
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import uuid
+from pathlib import Path
+
+import numpy as np
+import psutil
+
+import fedyolo
+from fedyolo.fedserver.store import DB_NAME
+from fedyolo.fedserver.synthetic import ADAPTER_MODULE, build_bundle
+from fedyolo.runtime.bundle import open_bundle
+from fedyolo.runtime.wire import encode_module
+
+KEY = "server-load-benchmark-key-0001"
+RESULTS = Path(__file__).parent / "results" / "server_load.json"
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def request(conn: http.client.HTTPConnection, method: str, path: str, body: bytes | None = None,
+            headers: dict[str, str] | None = None) -> tuple[int, bytes]:  # fmt: skip
+    conn.request(method, path, body=body, headers=headers or {})
+    response = conn.getresponse()
+    return response.status, response.read()
+
+
+def client_loop(port: int, token: str, bodies: list[bytes], stop: threading.Event, out: dict[str, list]) -> None:
+    """One device: poll the round, fetch the module, upload once per round; record latency and acks."""
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
+    auth = {"Authorization": f"Bearer {token}"}
+    last = 0
+    rng = random.Random(token)
+    while not stop.is_set():
+        status, raw = request(conn, "GET", "/v1/tasks/topics/round", headers=auth)
+        info = json.loads(raw)
+        if status != 200 or info["status"] != "open" or info["round"] <= last:
+            time.sleep(float(os.environ.get("POLL_S", "0.005")))
+            continue
+        status, module = request(conn, "GET", f"/v1/tasks/topics/modules/{info['module_version']}", headers=auth)
+        assert status == 200 and len(module) > 300_000
+        key = uuid.uuid4().hex
+        headers = auth | {
+            "Idempotency-Key": key,
+            "Fedyolo-Examples": str(rng.randint(10, 200)),
+            "Fedyolo-Metrics": '{"accuracy": 0.5, "loss": 1.0}',
+            "Content-Type": "application/octet-stream",
+        }
+        body = bodies[rng.randrange(len(bodies))]
+        t0 = time.perf_counter()
+        status, raw = request(conn, "POST", f"/v1/tasks/topics/rounds/{info['round']}/updates", body, headers)
+        latency = time.perf_counter() - t0
+        if status == 201:
+            out["latency"].append(latency)
+            out["acks"].append((key, info["round"]))
+            last = info["round"]
+        else:
+            out["refused"].append(status)
+    conn.close()
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--clients", type=int, default=64)
+    p.add_argument("--seconds", type=float, default=20.0)
+    p.add_argument("--bodies", type=int, default=8, help="distinct update bodies per client")
+    p.add_argument("--out", type=Path, default=RESULTS)
+    args = p.parse_args()
+
+    work = Path(tempfile.mkdtemp(prefix="fedyolo-load-"))
+    bundle = open_bundle(build_bundle(work / "bundle", tasks={"topics": ADAPTER_MODULE}))
+    task = bundle.task("topics")
+    port = free_port()
+    cmd = [
+        sys.executable, "-m", "fedyolo.fedserver", str(bundle.root), "--state-dir", str(work / "state"),
+        "--port", str(port), "--min-clients", str(args.clients), "--rounds", "1000000",
+        "--enroll-key", KEY, "--log-level", "warning", "--deadline-s", "3600",
+    ]  # fmt: skip
+    server = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=open(work / "server.log", "wb"))
+    proc = psutil.Process(server.pid)
+    try:
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+        for _ in range(300):
+            try:
+                if request(conn, "GET", "/healthz")[0] == 200:
+                    break
+            except OSError:
+                conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+                time.sleep(0.1)
+        tokens = []
+        for i in range(args.clients):
+            _, raw = request(conn, "POST", "/v1/clients", json.dumps({"enroll_key": KEY, "name": f"load{i}"}).encode(),
+                             {"Content-Type": "application/json"})  # fmt: skip
+            tokens.append(json.loads(raw)["token"])
+        rng = np.random.default_rng(0)
+        out: dict[str, list] = {"latency": [], "acks": [], "refused": []}
+        stop = threading.Event()
+        threads = []
+        for tok in tokens:
+            bodies = [
+                encode_module({t.name: 0.02 * rng.standard_normal(t.shape).astype(np.float32) for t in task.trainable}, task)
+                for _ in range(args.bodies)
+            ]  # fmt: skip
+            threads.append(threading.Thread(target=client_loop, args=(port, tok, bodies, stop, out), daemon=True))
+        peak_rss = 0
+        cpu0, own0 = proc.cpu_times(), psutil.Process().cpu_times()
+        t_start = time.time()
+        for t in threads:
+            t.start()
+        while time.time() - t_start < args.seconds:
+            peak_rss = max(peak_rss, proc.memory_info().rss)
+            time.sleep(0.1)
+        stop.set()
+        for t in threads:
+            t.join(timeout=60)
+        t_stop = time.time()
+        cpu1, own1 = proc.cpu_times(), psutil.Process().cpu_times()
+        server_cpu = (cpu1.user + cpu1.system - cpu0.user - cpu0.system) / (t_stop - t_start)
+        loadgen_cpu = (own1.user + own1.system - own0.user - own0.system) / (t_stop - t_start)
+        time.sleep(2.0)  # the last round cannot close (clients stopped); committed rounds are final
+        peak_rss = max(peak_rss, proc.memory_info().rss)
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+
+    db = sqlite3.connect(work / "state" / DB_NAME)
+    rows = db.execute("SELECT idempotency_key, round, client_id FROM updates").fetchall()
+    committed = db.execute(
+        "SELECT round, opened_at, committed_at FROM rounds WHERE status = 'committed' ORDER BY round"
+    ).fetchall()
+    agg_updates = db.execute(
+        "SELECT COUNT(*) FROM updates u JOIN rounds r ON u.task_id = r.task_id AND u.round = r.round "
+        "WHERE r.status = 'committed'"
+    ).fetchone()[0]
+    first_received = db.execute("SELECT MIN(received_at) FROM updates").fetchone()[0]
+    db.close()
+    keys = {k for k, _, _ in rows}
+    acked = {k for k, _ in out["acks"]}
+    lost = len(acked - keys)
+    duplicated = len(rows) - len(keys) + len(out["acks"]) - len(acked)
+    span = committed[-1][2] - first_received if committed else float("nan")
+    lat = sorted(out["latency"])
+    result = {
+        "question": "uploads/s accepted and aggregated by one fedserver process over loopback, 320 KB updates",
+        "command": " ".join([Path(sys.executable).name, *sys.argv]),
+        "clients": args.clients,
+        "module_bytes": task.module_bytes,
+        "seconds": round(t_stop - t_start, 2),
+        "uploads_accepted": len(out["acks"]),
+        "uploads_aggregated": agg_updates,
+        "rounds_committed": len(committed),
+        "aggregated_per_s": round(agg_updates / span, 1) if committed else 0.0,
+        "accepted_per_s": round(len(out["acks"]) / (t_stop - t_start), 1),
+        "upload_latency_ms": {
+            "median": round(1000 * statistics.median(lat), 2) if lat else None,
+            "p95": round(1000 * lat[int(0.95 * (len(lat) - 1))], 2) if lat else None,
+            "max": round(1000 * lat[-1], 2) if lat else None,
+        },
+        "refused": len(out["refused"]),
+        "lost": lost,
+        "duplicated": duplicated,
+        "server_peak_rss_mb": round(peak_rss / 2**20, 1),
+        "server_cpu_cores_busy": round(server_cpu, 2),
+        "load_generator_cpu_cores_busy": round(loadgen_cpu, 2),
+        "machine": {
+            "cpu": _cpu_name(),
+            "logical_cores": os.cpu_count(),
+            "platform": platform.platform(),
+            "note": "server and load generator share these cores",
+        },
+        "versions": {
+            "python": platform.python_version(),
+            "fedyolo": fedyolo.__version__,
+            "sqlite": sqlite3.sqlite_version,
+            **{m: _version(m) for m in ("fastapi", "uvicorn", "starlette", "numpy", "safetensors", "h11", "httptools", "uvloop")},
+        },
+    }  # fmt: skip
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(result, indent=2) + "\n")
+    print(json.dumps(result, indent=2))
+
+
+def _version(module: str) -> str | None:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version(module)
+    except PackageNotFoundError:
+        return None
+
+
+def _cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor()
+
+
+if __name__ == "__main__":
+    main()
