@@ -102,7 +102,9 @@ def externalize_frozen(
             else:
                 needs_plain = True
         if needs_plain:
-            added.append(helper.make_node("Transpose", [sname], [gname], perm=[1, 0], name=f"{gname}/untranspose"))
+            added.append(
+                helper.make_node("Transpose", [sname], [gname], perm=[1, 0], name=f"{gname}/untranspose")
+            )
     nodes = [n for n in graph.node if not (n.op_type == "Transpose" and n.output[0] in dead)]
     for node in nodes:
         for i, name in enumerate(node.input):
@@ -118,7 +120,11 @@ def externalize_frozen(
         spec = tensors[sname]
         init = TensorProto(name=sname, data_type=TensorProto.FLOAT, dims=list(spec.shape))
         init.data_location = TensorProto.EXTERNAL
-        for key, value in (("location", location), ("offset", str(spec.offset)), ("length", str(spec.length))):
+        for key, value in (
+            ("location", location),
+            ("offset", str(spec.offset)),
+            ("length", str(spec.length)),
+        ):
             entry = init.external_data.add()
             entry.key, entry.value = key, value
         graph.initializer.append(init)

@@ -49,8 +49,15 @@ def minilm_path() -> Path:
 
 def _no_dropout(config: object) -> None:
     # Export in TRAINING mode (see pitfalls) with every dropout at zero: deterministic graphs, and parity.
-    for attr in ("hidden_dropout_prob", "attention_probs_dropout_prob", "dropout", "attention_dropout",
-                 "classifier_dropout", "seq_classif_dropout", "qa_dropout"):
+    for attr in (
+        "hidden_dropout_prob",
+        "attention_probs_dropout_prob",
+        "dropout",
+        "attention_dropout",
+        "classifier_dropout",
+        "seq_classif_dropout",
+        "qa_dropout",
+    ):
         if isinstance(getattr(config, attr, None), float):
             setattr(config, attr, 0.0)
 
@@ -70,18 +77,35 @@ def _tiny(name: str, seed: int) -> Backbone:
 
     torch.manual_seed(seed)
     if name == "tiny-bert":
-        cfg = BertConfig(vocab_size=30522, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
-                         intermediate_size=37, max_position_embeddings=128)
+        cfg = BertConfig(
+            vocab_size=30522,
+            hidden_size=32,
+            num_hidden_layers=2,
+            num_attention_heads=2,
+            intermediate_size=37,
+            max_position_embeddings=128,
+        )
         _no_dropout(cfg)
         cfg._attn_implementation = "eager"
         text_model = BertModel(cfg, add_pooling_layer=False)
         return Backbone(name, text_model, "text", "bert", 32, 2, minilm_path() / "tokenizer.json")
-    cfg_v = ViTConfig(image_size=16, patch_size=8, num_channels=3, hidden_size=32, num_hidden_layers=2,
-                      num_attention_heads=2, intermediate_size=37)
+    cfg_v = ViTConfig(
+        image_size=16,
+        patch_size=8,
+        num_channels=3,
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=37,
+    )
     _no_dropout(cfg_v)
     cfg_v._attn_implementation = "eager"
     image_model = ViTModel(cfg_v, add_pooling_layer=False)
     return Backbone(name, image_model, "image", "vit", 32, 2, None, (3, 16, 16))
+
+
+def _one_line(e: BaseException) -> str:
+    return f"{type(e).__name__}: {' '.join(str(e).split())}"
 
 
 def load_backbone(spec: str = DEFAULT_BACKBONE, seed: int = 0) -> Backbone:
@@ -96,9 +120,12 @@ def load_backbone(spec: str = DEFAULT_BACKBONE, seed: int = 0) -> Backbone:
             "Hugging Face model directory (config.json + weights)"
         )
     try:
-        model_type = json.loads(config_file.read_text()).get("model_type", "")
-    except json.JSONDecodeError as e:
+        raw = json.loads(config_file.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise BackboneError(f"{config_file} is not valid JSON ({e}); fix or re-download the model") from e
+    if not isinstance(raw, dict):
+        raise BackboneError(f"{config_file} is not a JSON object; fix or re-download the model")
+    model_type = raw.get("model_type", "")
     if model_type not in TEXT_MODEL_TYPES | IMAGE_MODEL_TYPES:
         raise BackboneError(
             f"backbone model_type {model_type!r} is not supported; supported: "
@@ -107,25 +134,43 @@ def load_backbone(spec: str = DEFAULT_BACKBONE, seed: int = 0) -> Backbone:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     from transformers import AutoConfig, AutoModel
 
-    config = AutoConfig.from_pretrained(path)
+    # A user's directory can fail in transformers, huggingface_hub or safetensors, each with its own
+    # exception types; all of them mean the same to the user: this folder is not a usable model.
+    try:
+        config = AutoConfig.from_pretrained(path)
+    except Exception as e:
+        raise BackboneError(
+            f"{config_file} is not a usable model config ({_one_line(e)}); fix or re-download the model"
+        ) from e
     _no_dropout(config)
     kwargs: dict[str, object] = {"config": config, "attn_implementation": "eager"}
     if model_type in {"bert", "roberta", "xlm-roberta", "camembert", "electra", "vit", "deit", "mpnet"}:
         kwargs["add_pooling_layer"] = False
     try:
-        model = AutoModel.from_pretrained(path, **kwargs)
-    except TypeError:  # an architecture without a pooler argument
-        kwargs.pop("add_pooling_layer", None)
-        model = AutoModel.from_pretrained(path, **kwargs)
-    except (OSError, ValueError) as e:
-        raise BackboneError(f"cannot load the weights of {path} ({e}); check the directory holds a model") from e
+        try:
+            model = AutoModel.from_pretrained(path, **kwargs)
+        except TypeError:  # an architecture without a pooler argument
+            kwargs.pop("add_pooling_layer", None)
+            model = AutoModel.from_pretrained(path, **kwargs)
+    except Exception as e:
+        raise BackboneError(
+            f"cannot load the weights of {path} ({_one_line(e)}); check the directory holds a model"
+        ) from e
     zero_dropout(model)
     hidden = int(getattr(config, "hidden_size", getattr(config, "dim", 0)))
     layers = int(getattr(config, "num_hidden_layers", getattr(config, "n_layers", 0)))
     if model_type in IMAGE_MODEL_TYPES:
         shape = (int(config.num_channels), int(config.image_size), int(config.image_size))
-        return Backbone(path.name if spec != DEFAULT_BACKBONE else "all-MiniLM-L6-v2", model, "image",
-                        model_type, hidden, layers, None, shape)
+        return Backbone(
+            path.name if spec != DEFAULT_BACKBONE else "all-MiniLM-L6-v2",
+            model,
+            "image",
+            model_type,
+            hidden,
+            layers,
+            None,
+            shape,
+        )
     tokenizer = path / "tokenizer.json"
     if not tokenizer.is_file():
         raise BackboneError(

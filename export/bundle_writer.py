@@ -8,6 +8,7 @@ manifest swapped in. A failure at any point leaves the previous bundle as it was
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import os
 import shutil
 import tempfile
@@ -65,8 +66,9 @@ class TaskExport:
     max_length: int
 
 
-def _backbone_spec(backbone: Backbone, layout: BackboneLayout, blob: bytes, tensors: tuple[TensorSpec, ...],
-                   path: Path) -> BackboneSpec:
+def _backbone_spec(
+    backbone: Backbone, layout: BackboneLayout, blob: bytes, tensors: tuple[TensorSpec, ...], path: Path
+) -> BackboneSpec:
     return BackboneSpec(
         id=backbone.id,
         architecture=backbone.architecture,
@@ -79,7 +81,32 @@ def _backbone_spec(backbone: Backbone, layout: BackboneLayout, blob: bytes, tens
     )
 
 
-def _check_same_backbone(existing: Manifest, blob_sha: str, out: Path) -> None:
+def check_out(out: Path, task_id: str, force: bool = False) -> Manifest | None:
+    """Refuse an --out that cannot take task `task_id`, before any slow work: a file, a non-bundle
+    folder, a task already there (without `force`), a corrupt backbone. Returns the existing manifest."""
+    if out.exists() and not out.is_dir():
+        raise BundleError(f"--out {out} is a file, not a folder; choose a new or empty folder")
+    if not (out / MANIFEST_NAME).exists():
+        if out.exists() and any(out.iterdir()):
+            raise BundleError(
+                f"{out} exists and is not a fedyolo bundle; choose an empty or new --out folder"
+            )
+        return None
+    existing = read_manifest(out)
+    if task_id in existing.tasks and not force:
+        raise BundleError(
+            f"task {task_id!r} is already in {out}; pass --force to replace it, or pick another --task"
+        )
+    backbone = out / BACKBONE_FILE
+    if not backbone.is_file() or sha256_file(backbone) != existing.backbone.file.sha256:
+        raise BundleError(
+            f"{backbone} is missing or fails its sha256 check; re-export the bundle into a new folder"
+        )
+    return existing
+
+
+def check_same_backbone(existing: Manifest, blob_sha: str, out: Path) -> None:
+    """Refuse to add a task over a backbone other than the one `out` stores."""
     if existing.backbone.file.sha256 != blob_sha:
         raise BundleError(
             f"{out} already holds another backbone ({existing.backbone.id}, sha256 "
@@ -87,7 +114,9 @@ def _check_same_backbone(existing: Manifest, blob_sha: str, out: Path) -> None:
         )
 
 
-def _trainable_checkpoint(model: TaskModel, trainable: dict[str, tuple[int, ...]], path: Path) -> dict[str, np.ndarray]:
+def _trainable_checkpoint(
+    model: TaskModel, trainable: dict[str, tuple[int, ...]], path: Path
+) -> dict[str, np.ndarray]:
     params = dict(model.named_parameters())
     weights = {n: params[n].detach().cpu().numpy().astype(np.float32) for n in trainable}
     shutil.rmtree(path, ignore_errors=True)
@@ -129,17 +158,9 @@ def write_task(
     """Move `artifacts` (written in a temp task folder) into the bundle at `out` as task `task.task_id`."""
     blob, tensor_specs = backbone_bytes(layout.arrays)
     tensors = {t.name: t for t in tensor_specs}
-    existing = read_manifest(out) if (out / MANIFEST_NAME).exists() else None
-    if out.exists() and existing is None and any(out.iterdir()):
-        raise BundleError(f"{out} exists and is not a fedyolo bundle; choose an empty or new --out folder")
+    existing = check_out(out, task.task_id, force)
     if existing is not None:
-        import hashlib
-
-        _check_same_backbone(existing, hashlib.sha256(blob).hexdigest(), out)
-        if task.task_id in existing.tasks and not force:
-            raise BundleError(
-                f"task {task.task_id!r} is already in {out}; pass --force to replace it, or pick another --task"
-            )
+        check_same_backbone(existing, hashlib.sha256(blob).hexdigest(), out)
 
     _write_task_files(artifacts.directory, model, layout, tensors, artifacts)
     files = {
@@ -171,11 +192,18 @@ def write_task(
 
 def _loss_output(eval_graph: Path) -> str:
     outputs = [o.name for o in onnx.load(str(eval_graph), load_external_data=False).graph.output]
-    return next(o for o in outputs if o != "logits")
+    return str(next(o for o in outputs if o != "logits"))
 
 
-def _new_bundle(out: Path, backbone: Backbone, layout: BackboneLayout, blob: bytes,
-                tensor_specs: tuple[TensorSpec, ...], task_src: Path, spec: TaskSpec) -> Manifest:
+def _new_bundle(
+    out: Path,
+    backbone: Backbone,
+    layout: BackboneLayout,
+    blob: bytes,
+    tensor_specs: tuple[TensorSpec, ...],
+    task_src: Path,
+    spec: TaskSpec,
+) -> Manifest:
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
     try:
@@ -194,6 +222,7 @@ def _new_bundle(out: Path, backbone: Backbone, layout: BackboneLayout, blob: byt
             fedyolo_version=__version__,
         )
         _write_manifest(tmp, manifest)
+        _usual_modes(tmp)
         if out.exists():
             out.rmdir()  # empty (checked by the caller)
         os.replace(tmp, out)
@@ -204,32 +233,50 @@ def _new_bundle(out: Path, backbone: Backbone, layout: BackboneLayout, blob: byt
 
 
 def _add_task(out: Path, existing: Manifest, task_src: Path, spec: TaskSpec) -> Manifest:
-    if sha256_file(out / BACKBONE_FILE) != existing.backbone.file.sha256:
-        raise BundleError(f"{out / BACKBONE_FILE} fails its sha256 check; re-export the bundle into a new folder")
     final = out / "tasks" / spec.task_id
     staged = Path(tempfile.mkdtemp(prefix=f".{spec.task_id}.tmp-", dir=out / "tasks"))
     old = out / "tasks" / f".{spec.task_id}.old"
+    shutil.rmtree(old, ignore_errors=True)  # left by an export that was killed
+    placed = False
     try:
         for item in task_src.iterdir():
             shutil.move(str(item), staged / item.name)
+        _usual_modes(staged)
         manifest = dataclasses.replace(existing, tasks={**existing.tasks, spec.task_id: spec})
         if final.exists():
             os.replace(final, old)
         os.replace(staged, final)
+        placed = True
         _write_manifest(out, manifest)
         shutil.rmtree(old, ignore_errors=True)
         return manifest
     except BaseException:
+        # The manifest was not swapped: put the task folder back as the old manifest describes it.
         shutil.rmtree(staged, ignore_errors=True)
-        if old.exists() and not final.exists():
+        if placed:
+            shutil.rmtree(final, ignore_errors=True)
+        if old.exists():
             os.replace(old, final)
         raise
 
 
+def _usual_modes(root: Path) -> None:
+    """mkdtemp makes 0700 folders and safetensors writes 0600 files: give `root` the modes any new file
+    gets under the umask, so a server or another user can read the bundle."""
+    umask = os.umask(0)
+    os.umask(umask)
+    for path in (root, *root.rglob("*")):
+        path.chmod((0o777 if path.is_dir() else 0o666) & ~umask)
+
+
 def _write_manifest(root: Path, manifest: Manifest) -> None:
     tmp = root / (MANIFEST_NAME + ".tmp")
-    with open(tmp, "w") as f:
-        f.write(manifest.to_json())
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, root / MANIFEST_NAME)
+    try:
+        with open(tmp, "w") as f:
+            f.write(manifest.to_json())
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, root / MANIFEST_NAME)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise

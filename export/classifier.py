@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import torch
+from typing import Any
+
 from torch import nn
 
 from fedyolo.export.backbones import Backbone
@@ -15,7 +17,7 @@ class TaskModel(nn.Module):
     def __init__(self, backbone: Backbone, num_labels: int) -> None:
         super().__init__()
         self.architecture = backbone.architecture
-        self.backbone = backbone.model
+        self.backbone: Any = backbone.model  # a transformers model: its call signature is per architecture
         self.head = nn.Linear(backbone.hidden_size, num_labels)
         self.prompt: nn.Parameter | None = None
         # ORT 1.19's GatherGrad mis-reads a [1, seq] position gather broadcast over the batch, which
@@ -35,7 +37,9 @@ class TaskModel(nn.Module):
             positions = None
             if self.explicit_positions:
                 positions = torch.arange(input_ids.shape[1], device=input_ids.device).expand_as(input_ids)
-            hidden = self.backbone(input_ids=input_ids, attention_mask=mask, position_ids=positions).last_hidden_state
+            hidden = self.backbone(
+                input_ids=input_ids, attention_mask=mask, position_ids=positions
+            ).last_hidden_state
         else:
             embeds = self.backbone.get_input_embeddings()(input_ids)  # [batch, seq, hidden]
             prompt = self.prompt.unsqueeze(0).expand(input_ids.shape[0], -1, -1)  # [batch, n, hidden]
@@ -44,7 +48,8 @@ class TaskModel(nn.Module):
             hidden = self.backbone(inputs_embeds=embeds, attention_mask=mask).last_hidden_state
         weights = mask.unsqueeze(-1).to(hidden.dtype)  # [batch, seq', 1]
         pooled = (hidden * weights).sum(1) / weights.sum(1).clamp(min=1e-9)  # [batch, hidden]
-        return self.head(pooled)  # [batch, labels]
+        logits: torch.Tensor = self.head(pooled)  # [batch, labels]
+        return logits
 
     def _image(self, pixel_values: torch.Tensor) -> torch.Tensor:
         # pixel_values: [batch, C, H, W]
@@ -58,7 +63,8 @@ class TaskModel(nn.Module):
             for layer in layers:  # ViTModel's own loop, with the prompt inside the sequence
                 emb = layer(emb)
             hidden = self.backbone.layernorm(emb)
-        return self.head(hidden[:, 0])  # [batch, labels]
+        logits: torch.Tensor = self.head(hidden[:, 0])  # [batch, labels]
+        return logits
 
 
 def transformer_layers(model: nn.Module, hidden_size: int) -> list[dict[str, str]]:

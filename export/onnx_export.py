@@ -39,9 +39,9 @@ class OnnxArtifacts:
     frozen: tuple[str, ...]  # graph names of frozen backbone parameters
 
 
-def dummy_inputs(model: TaskModel, batch: int, max_length: int, image_shape: tuple[int, ...]) -> tuple[
-    tuple[torch.Tensor, ...], tuple[str, ...], dict[str, dict[int, str]]
-]:
+def dummy_inputs(
+    model: TaskModel, batch: int, max_length: int, image_shape: tuple[int, ...]
+) -> tuple[tuple[torch.Tensor, ...], tuple[str, ...], dict[str, dict[int, str]]]:
     """Example inputs, their names and dynamic axes for the exporter."""
     if model.architecture == "text":
         ids = torch.randint(1000, 2000, (batch, max_length), dtype=torch.int64)
@@ -53,7 +53,9 @@ def dummy_inputs(model: TaskModel, batch: int, max_length: int, image_shape: tup
     return (pixels,), ("pixel_values",), {"pixel_values": {0: "batch"}, "logits": {0: "batch"}}
 
 
-def export_forward(model: TaskModel, path: Path, max_length: int, image_shape: tuple[int, ...]) -> tuple[str, ...]:
+def export_forward(
+    model: TaskModel, path: Path, max_length: int, image_shape: tuple[int, ...]
+) -> tuple[str, ...]:
     """torch.onnx legacy export of the forward graph, in TRAINING mode, all dropout zero."""
     args, names, axes = dummy_inputs(model, 2, max_length, image_shape)
     model.train()

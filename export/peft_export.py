@@ -1,7 +1,7 @@
 """`fedyolo export peft`: a task's LoRA module as a PEFT adapter folder.
 
-    base = base_model_for(bundle_dir, task_id)          # backbone + head, as fedyolo builds it
-    model = PeftModel.from_pretrained(base, out_dir)    # LoRA + the trained head (modules_to_save)
+base = base_model_for(bundle_dir, task_id)          # backbone + head, as fedyolo builds it
+model = PeftModel.from_pretrained(base, out_dir)    # LoRA + the trained head (modules_to_save)
 """
 
 from __future__ import annotations
@@ -28,7 +28,9 @@ PEFT_KINDS = ("lora",)
 
 def _backbone_for(bundle_dir: Path, backbone: str | None) -> Backbone:
     manifest = open_bundle(bundle_dir, tasks=[]).manifest
-    spec = backbone or (DEFAULT_BACKBONE if manifest.backbone.id == "all-MiniLM-L6-v2" else manifest.backbone.id)
+    spec = backbone or (
+        DEFAULT_BACKBONE if manifest.backbone.id == "all-MiniLM-L6-v2" else manifest.backbone.id
+    )
     if backbone is None and spec not in TINY_BACKBONES | {DEFAULT_BACKBONE}:
         raise FedyoloError(
             f"the bundle's backbone is {manifest.backbone.id!r}; pass its folder with --backbone PATH"
@@ -75,20 +77,38 @@ def export_peft(
     base = base_model_for(bundle_dir, task_id, backbone)
     config = task.module_config
     targets = lora_target_names(base, tuple(config["targets"]))
-    peft_config = LoraConfig(r=config["r"], lora_alpha=config["alpha"], lora_dropout=0.0,
-                             target_modules=targets, modules_to_save=["head"])
+    peft_config = LoraConfig(
+        r=config["r"],
+        lora_alpha=config["alpha"],
+        lora_dropout=0.0,
+        target_modules=targets,
+        modules_to_save=["head"],
+    )
     model = get_peft_model(base, peft_config)
-    inner = dict(model.base_model.model.named_parameters())
+    inner: dict[str, torch.nn.Parameter] = dict(model.get_base_model().named_parameters())
     with torch.no_grad():
         for name, value in weights.items():
-            target = name.replace("head.", "head.modules_to_save.default.", 1) if name.startswith("head.") else name
+            target = (
+                name.replace("head.", "head.modules_to_save.default.", 1)
+                if name.startswith("head.")
+                else name
+            )
             if target not in inner:
-                raise BundleError(f"module tensor {name!r} has no place in the PEFT model; re-export the task")
+                raise BundleError(
+                    f"module tensor {name!r} has no place in the PEFT model; re-export the task"
+                )
             inner[target].copy_(torch.from_numpy(np.asarray(value)))
     model.save_pretrained(str(out))
-    (out / "fedyolo_task.json").write_text(json.dumps({
-        "task_id": task_id, "labels": list(task.labels), "backbone": bundle.manifest.backbone.id,
-        "max_length": task.input.max_length,
-        "load": "PeftModel.from_pretrained(fedyolo.export.peft_export.base_model_for(BUNDLE, TASK), THIS_DIR)",
-    }, indent=2))
+    (out / "fedyolo_task.json").write_text(
+        json.dumps(
+            {
+                "task_id": task_id,
+                "labels": list(task.labels),
+                "backbone": bundle.manifest.backbone.id,
+                "max_length": task.input.max_length,
+                "load": "PeftModel.from_pretrained(fedyolo.export.peft_export.base_model_for(BUNDLE, TASK), THIS_DIR)",
+            },
+            indent=2,
+        )
+    )
     return out

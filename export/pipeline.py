@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import logging
 import tempfile
 from collections.abc import Sequence
@@ -10,11 +11,12 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from rich.console import Console
 from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
-from fedyolo.export.backbone_store import plan_layout
+from fedyolo.export.backbone_store import backbone_bytes, plan_layout
 from fedyolo.export.backbones import DEFAULT_BACKBONE, Backbone, load_backbone
-from fedyolo.export.bundle_writer import TaskExport, write_task
+from fedyolo.export.bundle_writer import TaskExport, check_out, check_same_backbone, write_task
 from fedyolo.export.classifier import TaskModel
 from fedyolo.export.modules import get_kind, make_config
 from fedyolo.export.onnx_export import OPTIMIZERS, export_training_artifacts
@@ -25,7 +27,11 @@ log = logging.getLogger(__name__)
 
 
 def build_task_model(
-    backbone: Backbone, module: str, labels: Sequence[str], options: dict[str, Any] | None = None, seed: int = 0
+    backbone: Backbone,
+    module: str,
+    labels: Sequence[str],
+    options: dict[str, Any] | None = None,
+    seed: int = 0,
 ) -> tuple[TaskModel, dict[str, Any]]:
     """Backbone + head + module, with only the module and head trainable. Returns the model and the
     module's config as plain JSON-able data (what the manifest records)."""
@@ -58,11 +64,20 @@ def export_onnx(
         raise FedyoloError(f"unknown optimizer {optimizer!r}; choose one of: {', '.join(OPTIMIZERS)}")
     get_kind(module)  # an unknown kind fails before the backbone loads
     out = Path(out)
+    existing = check_out(out, task_id, force)  # a bad --out fails before the slow export, too
     columns = (SpinnerColumn(), TextColumn("{task.description}"), TimeElapsedColumn())
-    with Progress(*columns, disable=not show_progress, transient=True) as progress:
+    console = Console()
+    # A transient bar shows nothing when stdout is not a terminal, but still prints a blank line.
+    with Progress(
+        *columns, console=console, disable=not (show_progress and console.is_terminal), transient=True
+    ) as progress:
         step = progress.add_task(f"loading backbone {backbone}", total=4)
-        bb = load_backbone(backbone, seed=seed)
+        # The backbone never depends on `seed` (it seeds the module): tasks over a tiny backbone share it.
+        bb = load_backbone(backbone)
         layout = plan_layout(bb.model)
+        if existing is not None:
+            blob, _ = backbone_bytes(layout.arrays)
+            check_same_backbone(existing, hashlib.sha256(blob).hexdigest(), out)
         progress.update(step, advance=1, description=f"attaching {module} module")
         model, config = build_task_model(bb, module, labels, options, seed)
         progress.update(step, advance=1, description="exporting ONNX training graphs")
@@ -77,7 +92,11 @@ def export_onnx(
     spec = manifest.tasks[task_id]
     log.info(
         "task %s: %s module, %d trainable values (%.1f KB) over %s (%.1f MB, stored once)",
-        task_id, module, spec.module_numel, spec.module_bytes / 1e3, manifest.backbone.id,
+        task_id,
+        module,
+        spec.module_numel,
+        spec.module_bytes / 1e3,
+        manifest.backbone.id,
         manifest.backbone.file.bytes / 1e6,
     )
     return manifest

@@ -14,6 +14,7 @@ from typing import Annotated, Any
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 from fedyolo.runtime.errors import FedyoloError
 
@@ -53,7 +54,7 @@ def _task_labels(task: str, data: Path | None) -> tuple[str, ...]:
         return load_task(task).labels
     raise FedyoloError(
         f"task {task!r} is not built in ({', '.join(BUILTIN_TASKS)}); give its labelled examples with "
-        "--data FILE.jsonl (rows of {\"text\": ..., \"label\": ...})"
+        '--data FILE.jsonl (rows of {"text": ..., "label": ...})'
     )
 
 
@@ -62,7 +63,9 @@ def data_cmd(
     name: Annotated[str, typer.Argument(help="built-in task (topics, language) or a JSONL/CSV file")],
     out: Annotated[Path, typer.Option(help="where to write the examples (.jsonl or .csv)")],
     split: Annotated[str, typer.Option(help="train, test or all")] = "train",
-    clients: Annotated[int | None, typer.Option(help="partition the train split among this many clients")] = None,
+    clients: Annotated[
+        int | None, typer.Option(help="partition the train split among this many clients")
+    ] = None,
     client: Annotated[int | None, typer.Option(help="write only this client's partition")] = None,
     alpha: Annotated[float, typer.Option(help="Dirichlet concentration: 0.1 skewed, 10 near IID")] = 1.0,
     seed: Annotated[int, typer.Option(help="partition seed")] = 0,
@@ -77,7 +80,9 @@ def data_cmd(
 def export_onnx_cmd(
     out: Annotated[Path, typer.Option(help="bundle folder: created, or extended with one more task")],
     task: Annotated[str, typer.Option(help="task id: a built-in task, or any name with --data")] = "topics",
-    backbone: Annotated[str, typer.Option(help="minilm (bundled), tiny-bert, tiny-vit, or a local HF dir")] = "minilm",
+    backbone: Annotated[
+        str, typer.Option(help="minilm (bundled), tiny-bert, tiny-vit, or a local HF dir")
+    ] = "minilm",
     module: Annotated[str, typer.Option(help="lora, adapter, prompt, head or full")] = "lora",
     data: Annotated[Path | None, typer.Option(help="JSONL/CSV of {text, label}: the task's labels")] = None,
     option: Annotated[list[str] | None, typer.Option(help="module option key=value, e.g. r=16")] = None,
@@ -90,7 +95,9 @@ def export_onnx_cmd(
     from fedyolo.export.pipeline import export_onnx
 
     labels = _task_labels(task, data)
-    manifest = export_onnx(out, task, labels, backbone, module, _options(option), optimizer, max_length, seed, force)
+    manifest = export_onnx(
+        out, task, labels, backbone, module, _options(option), optimizer, max_length, seed, force
+    )
     spec = manifest.tasks[task]
     ratio = manifest.backbone.full_model_bytes / max(spec.module_bytes, 1)
     print(
@@ -105,8 +112,12 @@ def export_peft_cmd(
     bundle: Annotated[Path, typer.Argument(help="bundle folder")],
     task: Annotated[str, typer.Option(help="task id in the bundle")],
     out: Annotated[Path, typer.Option(help="folder for the PEFT adapter")],
-    module: Annotated[Path | None, typer.Option(help="trained module.safetensors (default: the bundle's)")] = None,
-    backbone: Annotated[str | None, typer.Option(help="backbone path if the bundle's is not the default")] = None,
+    module: Annotated[
+        Path | None, typer.Option(help="trained module.safetensors (default: the bundle's)")
+    ] = None,
+    backbone: Annotated[
+        str | None, typer.Option(help="backbone path if the bundle's is not the default")
+    ] = None,
 ) -> None:
     """Write a task's module as a PEFT adapter folder that `PeftModel.from_pretrained` loads."""
     from fedyolo.export.peft_export import export_peft
@@ -149,7 +160,9 @@ def main() -> None:
     try:
         app()
     except FedyoloError as e:
-        console.print(f"[bold red]error:[/] {e}", highlight=False)
+        # One line, whatever the terminal width or the message: scripts and logs grep for it.
+        message = " ".join(str(e).split())
+        console.print(f"[bold red]error:[/] {escape(message)}", highlight=False, soft_wrap=True)
         sys.exit(e.exit_code)
 
 

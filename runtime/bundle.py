@@ -13,6 +13,7 @@ from fedyolo.runtime.manifest import (
     FileEntry,
     Manifest,
     TaskSpec,
+    check_task_id,
     read_manifest,
     sha256_file,
 )
@@ -59,6 +60,19 @@ def _verify(path: Path, entry: FileEntry, what: str) -> None:
         )
 
 
+def _check_names(task_id: str, task: TaskSpec) -> None:
+    # Task ids and file names become paths: a manifest from elsewhere must not reach outside the bundle.
+    try:
+        check_task_id(task_id)
+    except BundleError as e:
+        raise BundleError(f"the manifest's {e}; re-export or re-download the bundle") from e
+    for name in task.files:
+        if name in ("", ".", "..") or Path(name).name != name or "\\" in name:
+            raise BundleError(
+                f"task {task_id!r} lists a file {name!r} outside its folder; re-export or re-download the bundle"
+            )
+
+
 def open_bundle(root: str | os.PathLike[str], tasks: list[str] | None = None, verify: bool = True) -> Bundle:
     """Read the manifest and check the backbone, tokenizer and the files of `tasks` (all when None)."""
     path = Path(root)
@@ -67,6 +81,7 @@ def open_bundle(root: str | os.PathLike[str], tasks: list[str] | None = None, ve
     wanted = list(manifest.tasks) if tasks is None else tasks
     for task_id in wanted:
         manifest.task(task_id)  # a clear error for an unknown task, before hashing 90 MB
+        _check_names(task_id, manifest.tasks[task_id])
     if verify:
         _verify(bundle.backbone_path, manifest.backbone.file, "the backbone file")
         if manifest.tokenizer is not None:

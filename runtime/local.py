@@ -32,7 +32,9 @@ class EpochLog:
     steps: int
 
 
-def encode_examples(bundle: Bundle, task: TaskSpec, examples: Sequence[Example], source: str = "the data") -> Arrays:
+def encode_examples(
+    bundle: Bundle, task: TaskSpec, examples: Sequence[Example], source: str = "the data"
+) -> Arrays:
     """Token ids, mask and label ids for text examples, checked against the task's labels."""
     if not examples:
         raise DataError(f"{source} holds no examples; give a file with at least one {{text, label}} row")

@@ -167,7 +167,9 @@ class Manifest:
                 fedyolo_version=raw.get("fedyolo_version", ""),
             )
         except (KeyError, TypeError, ValueError) as e:
-            raise BundleError(f"manifest.json is malformed ({type(e).__name__}: {e}); re-export the bundle") from e
+            raise BundleError(
+                f"manifest.json is malformed ({type(e).__name__}: {e}); re-export the bundle"
+            ) from e
 
 
 def _tensor(raw: dict[str, Any]) -> TensorSpec:

@@ -16,9 +16,9 @@ from typing import Any
 def load_ort() -> ModuleType:
     """`onnxruntime.capi._pybind_state` (CheckpointState, Module, Optimizer, OrtValue, SessionOptions)."""
     if "onnxruntime.capi._pybind_state" in sys.modules:
-        module = sys.modules["onnxruntime.capi._pybind_state"]
-        module.set_default_logger_severity(3)
-        return module
+        loaded: ModuleType = sys.modules["onnxruntime.capi._pybind_state"]
+        loaded.set_default_logger_severity(3)
+        return loaded
     hidden: dict[str, Any] = {}
     if "torch" not in sys.modules:
         # A None entry makes `import torch` raise ImportError, which ORT's validation tolerates.
@@ -31,4 +31,5 @@ def load_ort() -> ModuleType:
             if sys.modules.get(name) is None:
                 del sys.modules[name]
     _pybind_state.set_default_logger_severity(3)
-    return _pybind_state
+    module: ModuleType = _pybind_state
+    return module

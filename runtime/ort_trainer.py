@@ -31,12 +31,16 @@ def cpu_device() -> Any:
 class SharedBackbone:
     """backbone.bin, memory-mapped once, as one OrtValue per frozen tensor for every session."""
 
-    def __init__(self, bundle: Bundle) -> None:
+    def __init__(self, bundle: Bundle, mmap: bool = True) -> None:
         self._C = load_ort()
         from onnxruntime.capi.onnxruntime_inference_collection import OrtValue
 
         self.path = bundle.backbone_path
-        self._map = np.memmap(self.path, dtype=np.uint8, mode="r")
+        # mmap: the page cache holds the only copy, shared with every process that maps the file too;
+        # mmap=False reads a private copy (what a runtime without sharing would hold per task).
+        self._map = (
+            np.memmap(self.path, dtype=np.uint8, mode="r") if mmap else np.fromfile(self.path, np.uint8)
+        )
         self.arrays: dict[str, np.ndarray] = {}
         self.values: dict[str, Any] = {}
         device = cpu_device()
@@ -78,7 +82,11 @@ class OrtTrainer:
             self._device = cpu_device()
             self._options = self.backbone.session_options(threads)
             self._module = self._C.Module(
-                str(task_dir / TRAINING_MODEL), self._state, str(task_dir / EVAL_MODEL), self._device, self._options
+                str(task_dir / TRAINING_MODEL),
+                self._state,
+                str(task_dir / EVAL_MODEL),
+                self._device,
+                self._options,
             )
         except Exception as e:  # ORT raises its own types for unreadable graphs
             raise BundleError(f"ONNX Runtime cannot load task {task_id!r} ({e}); re-export the task") from e
@@ -116,7 +124,9 @@ class OrtTrainer:
         outputs = self._C.OrtValueVector()
         self._module.lazy_reset_grad()
         self._module.train_step(self._feed(batch, self._train_inputs), outputs)
-        grads = {t.name: np.array(self._state.get_parameter(t.name).grad.numpy()) for t in self.task.trainable}
+        grads = {
+            t.name: np.array(self._state.get_parameter(t.name).grad.numpy()) for t in self.task.trainable
+        }
         self._module.lazy_reset_grad()
         return float(outputs[0].numpy()), grads
 
@@ -148,7 +158,9 @@ class OrtTrainer:
     def set_module(self, weights: ModuleWeights) -> None:
         check_module(weights, self.task)
         for t in self.task.trainable:
-            value = self._C.OrtValue.ortvalue_from_numpy(np.ascontiguousarray(weights[t.name], np.float32), self._device)
+            value = self._C.OrtValue.ortvalue_from_numpy(
+                np.ascontiguousarray(weights[t.name], np.float32), self._device
+            )
             self._state.copy_parameter_from(t.name, value)
         self._optimizer = self._new_optimizer()  # fresh moments: a new round starts from the global module
         self.set_learning_rate(self._lr)

@@ -26,7 +26,9 @@ def load_arrays(bundle: Bundle, task_id: str, path: Path) -> Arrays:
         check_labels(labels, task.labels, str(path))
         want = (len(pixels), *task.input.image_shape)
         if pixels.shape != want:
-            raise DataError(f"{path}: pixel_values has shape {pixels.shape}, the task takes [N, {task.input.image_shape}]")
+            raise DataError(
+                f"{path}: pixel_values has shape {pixels.shape}, the task takes [N, {task.input.image_shape}]"
+            )
         return {"pixel_values": pixels, "labels": label_ids(labels, task.labels)}
     return encode_examples(bundle, task, read_examples(path), str(path))
 
@@ -73,27 +75,50 @@ def train_command(
         f"loaded in {time.perf_counter() - start:.1f} s"
     )
     table = Table("epoch", "train loss", "test loss", "test accuracy", "s/epoch", "ms/step")
-    columns = (TextColumn("epoch {task.fields[epoch]}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
+    columns = (
+        TextColumn("epoch {task.fields[epoch]}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+    )
     with Progress(*columns, console=console, transient=True) as progress:
         bar = progress.add_task("train", total=epochs * steps, epoch=1)
 
         def on_epoch(log: EpochLog) -> None:
             acc = f"{log.test.accuracy:.2%}" if log.test else "-"
             tloss = f"{log.test.loss:.4f}" if log.test else "-"
-            table.add_row(str(log.epoch), f"{log.train_loss:.4f}", tloss, acc, f"{log.seconds:.1f}",
-                          f"{1000 * log.seconds / max(log.steps, 1):.0f}")
+            table.add_row(
+                str(log.epoch),
+                f"{log.train_loss:.4f}",
+                tloss,
+                acc,
+                f"{log.seconds:.1f}",
+                f"{1000 * log.seconds / max(log.steps, 1):.0f}",
+            )
             progress.update(bar, epoch=log.epoch + 1)
 
-        logs = fit(trainer, train, test, epochs, batch_size, seed, on_epoch,
-                   on_step=lambda i, loss: progress.advance(bar))
+        logs = fit(
+            trainer,
+            train,
+            test,
+            epochs,
+            batch_size,
+            seed,
+            on_epoch,
+            on_step=lambda i, loss: progress.advance(bar),
+        )
     console.print(table)
     last = logs[-1]
     if last.test is not None:
-        console.print(f"held-out accuracy after {epochs} epochs: [bold]{last.test.accuracy:.2%}[/] "
-                      f"on {last.test.examples} examples")
+        console.print(
+            f"held-out accuracy after {epochs} epochs: [bold]{last.test.accuracy:.2%}[/] "
+            f"on {last.test.examples} examples"
+        )
     if save is not None:
         weights = trainer.get_module()
         save.parent.mkdir(parents=True, exist_ok=True)
         save_file({k: np.ascontiguousarray(v) for k, v in weights.items()}, str(save))
-        console.print(f"saved the trained module ({sum(v.nbytes for v in weights.values()) / 1e3:.1f} KB) to {save}")
+        console.print(
+            f"saved the trained module ({sum(v.nbytes for v in weights.values()) / 1e3:.1f} KB) to {save}"
+        )
     return logs

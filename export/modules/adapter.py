@@ -1,7 +1,7 @@
 """`adapter`: Houlsby-style bottleneck adapters after each attention output and each feed-forward output.
 
-    h = W x + b                    the frozen projection          [batch, seq, hidden]
-    h = h + up(relu(down(h)))      the adapter, identity at init  [batch, seq, hidden]
+h = W x + b                    the frozen projection          [batch, seq, hidden]
+h = h + up(relu(down(h)))      the adapter, identity at init  [batch, seq, hidden]
 """
 
 from __future__ import annotations
@@ -34,7 +34,8 @@ class BottleneckAdapter(nn.Module):
         nn.init.zeros_(self.up.bias)
 
     def forward(self, h: torch.Tensor) -> torch.Tensor:
-        return h + self.up(torch.relu(self.down(h)))  # [batch, seq, hidden]
+        out: torch.Tensor = h + self.up(torch.relu(self.down(h)))  # [batch, seq, hidden]
+        return out
 
 
 class AdaptedLinear(nn.Module):
@@ -46,7 +47,8 @@ class AdaptedLinear(nn.Module):
         self.adapter = adapter
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.adapter(self.linear(x))
+        out: torch.Tensor = self.adapter(self.linear(x))
+        return out
 
 
 def attach_adapter(model: TaskModel, config: AdapterConfig) -> None:
@@ -59,7 +61,11 @@ def attach_adapter(model: TaskModel, config: AdapterConfig) -> None:
             parent_name, _, child = layer[role].rpartition(".")
             parent = model.get_submodule(parent_name)
             linear = getattr(parent, child)
-            setattr(parent, child, AdaptedLinear(linear, BottleneckAdapter(linear.out_features, config.bottleneck)))
+            setattr(
+                parent,
+                child,
+                AdaptedLinear(linear, BottleneckAdapter(linear.out_features, config.bottleneck)),
+            )
 
 
 register(ModuleKind("adapter", AdapterConfig, attach_adapter, "bottleneck adapters (Houlsby) + head"))

@@ -34,9 +34,7 @@ def get_kind(name: str) -> ModuleKind:
     from fedyolo.export.modules import adapter, full, head, lora, prompt  # noqa: F401  (registration)
 
     if name not in MODULE_KINDS:
-        raise FedyoloError(
-            f"unknown module kind {name!r}; choose one of: {', '.join(sorted(MODULE_KINDS))}"
-        )
+        raise FedyoloError(f"unknown module kind {name!r}; choose one of: {', '.join(sorted(MODULE_KINDS))}")
     return MODULE_KINDS[name]
 
 

@@ -19,7 +19,9 @@ from fedyolo.runtime.ort_trainer import OrtTrainer
 
 def test_trained_lora_module_loads_in_peft_with_same_logits(tmp_path: Path) -> None:
     # Prepare: a bundle, a module trained a few steps with the runtime
-    export_onnx(tmp_path / "b", "t", ["x", "y", "z"], backbone="tiny-bert", module="lora", show_progress=False)
+    export_onnx(
+        tmp_path / "b", "t", ["x", "y", "z"], backbone="tiny-bert", module="lora", show_progress=False
+    )
     trainer = OrtTrainer(open_bundle(tmp_path / "b"), "t", lr=1e-2)
     rng = np.random.default_rng(0)
     batch = {
