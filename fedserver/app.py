@@ -6,15 +6,17 @@ Every error is `{"code": ..., "detail": ...}` with a code from `errors.CODES`.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import re
+import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import asdict
 from typing import Annotated, Any
 
-from fastapi import Depends, FastAPI, Header, Path, Request, Security
+from fastapi import Depends, FastAPI, Header, Path, Query, Request, Security
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse, Response
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
@@ -22,6 +24,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 import fedyolo
+from fedyolo.fedserver.aggregator import Aggregator
 from fedyolo.fedserver.clients import Clients
 from fedyolo.fedserver.config import ServerConfig
 from fedyolo.fedserver.errors import CODES, ApiError
@@ -54,6 +57,8 @@ ERRORS[400] = {"model": ErrorBody, "description": "invalid_request: a body that 
 # Header names whose validation errors get the upload's own codes rather than invalid_request.
 HEADER_CODES = {"Fedyolo-Examples": "bad_examples", "Fedyolo-Metrics": "bad_metrics"}
 SQLITE_INT_MAX = 2**63 - 1
+WAKE_S = 0.005  # a long poll looks at this process's change counter this often (no I/O)
+RECHECK_S = 0.1  # and at the database this often, for changes made by another worker process
 UPLOAD_BODY = {
     "requestBody": {
         "required": True,
@@ -109,10 +114,13 @@ async def _read_capped(request: Request, cap: int) -> bytes:
 bearer = HTTPBearer(auto_error=False, description="the client token from POST /v1/clients")
 
 
-def client_id(
+async def client_id(
     request: Request, _: Annotated[HTTPAuthorizationCredentials | None, Security(bearer)] = None
 ) -> int:
-    """The authenticated client, from `Authorization: Bearer <token>` (declared for OpenAPI by `bearer`)."""
+    """The authenticated client, from `Authorization: Bearer <token>` (declared for OpenAPI by `bearer`).
+
+    Async on purpose: a known token is a dict look-up, not worth a trip through the thread pool.
+    """
     clients: Clients = request.app.state.clients
     return clients.authenticate(request.headers.get("authorization"))
 
@@ -126,14 +134,15 @@ def create_app(config: ServerConfig) -> FastAPI:
     store = Store(config.state_dir)
     rounds = Rounds(config, bundle, store)
     rounds.recover()
+    aggregator = Aggregator(rounds)
     clients = Clients(store, config.enroll_key)
     files = bundle_files(bundle)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        rounds.start_worker()
+        aggregator.start()
         yield
-        rounds.stop_worker()
+        aggregator.stop()
         store.close()
 
     app = FastAPI(
@@ -145,6 +154,7 @@ def create_app(config: ServerConfig) -> FastAPI:
         responses=ERRORS,
     )
     app.state.rounds = rounds
+    app.state.aggregator = aggregator
     app.state.clients = clients
 
     @app.exception_handler(ApiError)
@@ -229,9 +239,31 @@ def create_app(config: ServerConfig) -> FastAPI:
         return FileResponse(bundle.root / path, media_type=OCTET, headers={"etag": etag})
 
     @app.get("/v1/tasks/{task_id}/round", response_model=RoundBody, tags=["rounds"])
-    def current_round(task_id: str, client: Client) -> dict[str, Any]:
-        """The task's current round and the training settings for it."""
-        return asdict(rounds.current(task_id))
+    async def current_round(
+        task_id: str,
+        client: Client,
+        newer_than: Annotated[int, Query(ge=0, le=SQLITE_INT_MAX, description="the last round you sent")] = 0,
+        wait_s: Annotated[
+            float,
+            Query(ge=0, le=1e9, description="long poll: hold the answer this long (the server caps it)"),
+        ] = 0,
+    ) -> dict[str, Any]:
+        """The task's current round and the training settings for it.
+
+        With `wait_s`, the answer waits (at most that long) until a round newer than `newer_than` is
+        open or the task is finished: clients wait for the others without polling.
+        """
+        deadline = time.monotonic() + min(wait_s, config.max_long_poll_s)
+        seen, checked = rounds.generation, time.monotonic()
+        info = rounds.current(task_id)
+        while not (info.status == "finished" or (info.status == "open" and info.round > newer_than)):
+            if time.monotonic() >= deadline:
+                break
+            await asyncio.sleep(WAKE_S)
+            if rounds.generation != seen or time.monotonic() - checked > RECHECK_S:
+                seen, checked = rounds.generation, time.monotonic()
+                info = rounds.current(task_id)
+        return asdict(info)
 
     @app.get(
         "/v1/tasks/{task_id}/modules/{version}",

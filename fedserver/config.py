@@ -37,6 +37,8 @@ class ServerConfig:
         The largest example count one update may claim (it weights the average).
     clip_norm
         When > 0, each update's change to the global module is scaled down to this L2 norm.
+    max_long_poll_s
+        The longest a `GET .../round?wait_s=` is held before it answers anyway.
     """
 
     bundle_dir: Path
@@ -54,6 +56,7 @@ class ServerConfig:
     max_examples: int = 1_000_000
     clip_norm: float = 0.0
     enroll_key: str = ""
+    max_long_poll_s: float = 30.0
 
     def __post_init__(self) -> None:
         problems = []

@@ -14,7 +14,6 @@ from __future__ import annotations
 import json
 import logging
 import math
-import queue
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -23,9 +22,8 @@ from typing import Any
 
 from fedyolo.fedserver.config import ServerConfig
 from fedyolo.fedserver.errors import ApiError, ServerConfigError
-from fedyolo.fedserver.reports import MetricsMean
-from fedyolo.fedserver.store import Store, decode_state, encode_state, sha256_hex
-from fedyolo.fedserver.strategies import STRATEGIES, StrategyState, WeightedSum, clip_delta, module_delta
+from fedyolo.fedserver.store import Store, sha256_hex
+from fedyolo.fedserver.strategies import STRATEGIES
 from fedyolo.runtime.bundle import Bundle
 from fedyolo.runtime.errors import ModuleWeightsError
 from fedyolo.runtime.manifest import MODULE_WEIGHTS, TaskSpec
@@ -34,7 +32,6 @@ from fedyolo.runtime.wire import decode_module, encode_module
 log = logging.getLogger(__name__)
 
 MAX_METRICS = 16
-RETRY_FAILED_AGGREGATION_S = 30.0
 
 
 @dataclass(frozen=True)
@@ -100,9 +97,8 @@ def check_metrics(metrics: object) -> dict[str, float]:
 class Rounds:
     """Rounds of every task of the bundle over one store; thread-safe.
 
-    `recover()` brings the state up to date with the bundle and queues interrupted aggregations;
-    `start_worker()` starts the thread that aggregates closed rounds and closes rounds past their
-    deadline; `stop_worker()` ends it.
+    `recover()` brings the state up to date with the bundle and drops garbage; the aggregation of
+    closed rounds (`aggregator.Aggregator`) hears of every change through `on_change`.
     """
 
     def __init__(
@@ -113,17 +109,23 @@ class Rounds:
         self.store = store
         self.clock = clock
         self.strategy = STRATEGIES[config.strategy]
-        self._todo: queue.Queue[tuple[str, int]] = queue.Queue()
-        self._failed: dict[tuple[str, int], float] = {}
-        self._stop = threading.Event()
-        self._worker: threading.Thread | None = None
+        self.on_change: Callable[[], None] = lambda: None
         self._module_cache: dict[tuple[str, int], tuple[str, bytes]] = {}
         self._cache_lock = threading.Lock()
+        # Bumped by every state change made in this process: long polls wake on it without touching the disk.
+        self.generation = 0
 
     # -- life cycle ------------------------------------------------------------------------------
 
+    def _changed(self) -> None:
+        self.generation += 1
+        self.on_change()
+
     def recover(self) -> None:
-        """Create missing tasks, drop garbage blobs, queue interrupted aggregations."""
+        """Create missing tasks and drop blobs no row names (left by uploads a crash interrupted).
+
+        Run it in one process before serving: a server worker must not collect a blob another is writing.
+        """
         for task in self.bundle.manifest.tasks.values():
             self._ensure_task(task)
         removed = self.store.blobs.collect(self.store.referenced_blobs())
@@ -136,17 +138,6 @@ class Rounds:
                 log.info(
                     "round %d of task %r was closed but not committed: aggregating it again", row[1], row[0]
                 )
-                self._todo.put((row[0], row[1]))
-
-    def start_worker(self) -> None:
-        self._stop.clear()
-        self._worker = threading.Thread(target=self._work, name="fedserver-rounds", daemon=True)
-        self._worker.start()
-
-    def stop_worker(self) -> None:
-        self._stop.set()
-        if self._worker is not None:
-            self._worker.join(timeout=30)
 
     def _ensure_task(self, task: TaskSpec) -> None:
         spec = spec_sha256(task)
@@ -306,8 +297,7 @@ class Rounds:
                     "UPDATE rounds SET status = 'aggregating', closed_at = ? WHERE task_id = ? AND round = ?",
                     (now, update.task_id, update.round),
                 )
-        if closes:
-            self._todo.put((update.task_id, update.round))
+        self._changed()  # the aggregator folds the update in while the round is still open
         return Answer(201, body)
 
     def _replay(self, db: Any, update: Update, sha: str) -> Answer | None:
@@ -374,43 +364,25 @@ class Rounds:
                     )
         for key in closed:
             log.info("round %d of task %r reached its deadline", key[1], key[0])
-            self._todo.put(key)
+        if closed:
+            self._changed()
         return closed
 
-    def aggregate(self, task_id: str, round_id: int) -> int | None:
-        """Aggregate a closed round and commit the new module version; returns it (None if already done)."""
-        task = self.task(task_id)
-        with self.store.read() as db:
-            r = db.execute(
-                "SELECT * FROM rounds WHERE task_id = ? AND round = ?", (task_id, round_id)
-            ).fetchone()
-            if r is None or r["status"] != "aggregating":
-                return None
-            base = db.execute(
-                "SELECT blob, state_blob FROM module_versions WHERE task_id = ? AND version = ?",
-                (task_id, r["base_version"]),
-            ).fetchone()
-        blobs = self.store.blobs
-        global_weights = decode_module(blobs.get(base["blob"]), task)
-        state = decode_state(blobs.get(base["state_blob"])) if base["state_blob"] else StrategyState()
-        acc = WeightedSum({t.name: t.shape for t in task.trainable})
-        metrics = MetricsMean()
-        for row in self._updates(task_id, round_id):  # one update in memory at a time
-            weights = decode_module(blobs.get(row["blob"]), task)
-            acc.add(clip_delta(module_delta(weights, global_weights), self.config.clip_norm), row["examples"])
-            metrics.add(row["examples"], json.loads(row["metrics"]))
-            del weights
-        new_weights, new_state = self.strategy(global_weights, acc.mean(), state, self.config.strategy_params)
-        module_blob = blobs.put(encode_module(new_weights, task))
-        state_blob = blobs.put(encode_state(new_state)) if new_state.first or new_state.second else None
-        version = int(r["base_version"]) + 1
+    def commit(
+        self, task_id: str, round_id: int, module_blob: str, state_blob: str | None, metrics: dict[str, float]
+    ) -> int | None:
+        """In ONE transaction: the new module version, the round committed, the next round open.
+
+        Returns the new version, or None when the round was not waiting for this (already committed).
+        """
         now = self.clock()
         with self.store.transaction() as db:
-            status = db.execute(
-                "SELECT status FROM rounds WHERE task_id = ? AND round = ?", (task_id, round_id)
-            ).fetchone()[0]
-            if status != "aggregating":
+            row = db.execute(
+                "SELECT status, base_version FROM rounds WHERE task_id = ? AND round = ?", (task_id, round_id)
+            ).fetchone()
+            if row is None or row["status"] != "aggregating":
                 return None
+            version = int(row["base_version"]) + 1
             db.execute(
                 "INSERT INTO module_versions VALUES (?, ?, ?, ?, ?, ?)",
                 (task_id, version, module_blob, state_blob, round_id, now),
@@ -418,19 +390,16 @@ class Rounds:
             db.execute(
                 "UPDATE rounds SET status = 'committed', committed_at = ?, metrics = ? "
                 "WHERE task_id = ? AND round = ?",
-                (now, json.dumps(metrics.mean()), task_id, round_id),
+                (now, json.dumps(metrics), task_id, round_id),
             )
             if round_id < self.config.rounds:
                 self._open_round(db, task_id, round_id + 1, version, now)
-        log.info(
-            "task %r round %d: %d updates, %.0f examples -> module version %d", task_id, round_id, acc.count,
-            acc.total_weight, version,
-        )  # fmt: skip
+        self._changed()
         return version
 
-    def _updates(self, task_id: str, round_id: int, page: int = 256) -> Iterator[Any]:
-        """The round's updates in acceptance order, a page at a time: memory stays O(page), not O(clients)."""
-        last = 0
+    def updates(self, task_id: str, round_id: int, after_id: int = 0, page: int = 256) -> Iterator[Any]:
+        """A round's updates with id > `after_id`, in acceptance order, a page at a time (memory O(page))."""
+        last = after_id
         while True:
             with self.store.read() as db:
                 rows = db.execute(
@@ -442,25 +411,3 @@ class Rounds:
                 return
             yield from rows
             last = rows[-1]["id"]
-
-    def _work(self) -> None:
-        while not self._stop.is_set():
-            try:
-                key = self._todo.get(timeout=0.2)
-            except queue.Empty:
-                key = None
-            try:
-                if key is not None:
-                    self.aggregate(*key)
-                    self._failed.pop(key, None)
-                self.close_due()
-                now = time.monotonic()
-                for failed, at in list(self._failed.items()):
-                    if now - at > RETRY_FAILED_AGGREGATION_S:
-                        del self._failed[failed]
-                        self._todo.put(failed)
-            except Exception:
-                # A broken blob or a full disk must not kill the worker; the round stays aggregating.
-                log.exception("aggregating %s failed; retrying in %.0f s", key, RETRY_FAILED_AGGREGATION_S)
-                if key is not None:
-                    self._failed[key] = time.monotonic()

@@ -151,18 +151,24 @@ class BlobStore:
 
 
 class Store:
-    """The SQLite database: one connection, one lock, explicit transactions."""
+    """The SQLite database: one writer connection under a lock, one reader connection per thread.
+
+    In WAL mode readers see the last committed state and never wait for a writer's fsync, so polling
+    clients are not slowed by uploads being committed. Other processes (server workers) may share the
+    database: a writer waits up to `BUSY_TIMEOUT_MS` for another's transaction.
+    """
+
+    BUSY_TIMEOUT_MS = 30_000
 
     def __init__(self, state_dir: Path) -> None:
         state_dir.mkdir(parents=True, exist_ok=True)
+        self.path = state_dir / DB_NAME
         self.blobs = BlobStore(state_dir / "blobs")
         self._lock = threading.RLock()
-        self._db = sqlite3.connect(state_dir / DB_NAME, isolation_level=None, check_same_thread=False)
-        self._db.row_factory = sqlite3.Row
+        self._local = threading.local()
+        self._readers: list[sqlite3.Connection] = []
+        self._db = self._connect()
         self._db.execute("PRAGMA journal_mode=WAL")
-        # FULL: every commit fsyncs the WAL, so an acknowledged update survives power loss, not only kill -9.
-        self._db.execute("PRAGMA synchronous=FULL")
-        self._db.execute("PRAGMA foreign_keys=ON")
         with self._lock:
             self._db.executescript(SCHEMA)
         with self.transaction() as db:
@@ -187,14 +193,30 @@ class Store:
                 raise
             self._db.execute("COMMIT")
 
+    def _connect(self) -> sqlite3.Connection:
+        db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+        db.row_factory = sqlite3.Row
+        db.execute(f"PRAGMA busy_timeout={self.BUSY_TIMEOUT_MS}")
+        # FULL: every commit fsyncs the WAL, so an acknowledged update survives power loss, not only kill -9.
+        db.execute("PRAGMA synchronous=FULL")
+        db.execute("PRAGMA foreign_keys=ON")
+        return db
+
     @contextmanager
     def read(self) -> Iterator[sqlite3.Connection]:
-        """The connection, for reads, under the store's lock."""
-        with self._lock:
-            yield self._db
+        """This thread's reader connection (autocommit: every statement sees the last commit)."""
+        reader: sqlite3.Connection | None = getattr(self._local, "db", None)
+        if reader is None:
+            reader = self._connect()
+            self._local.db = reader
+            with self._lock:
+                self._readers.append(reader)
+        yield reader
 
     def close(self) -> None:
         with self._lock:
+            for reader in self._readers:
+                reader.close()
             self._db.close()
 
     def referenced_blobs(self) -> set[str]:

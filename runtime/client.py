@@ -248,8 +248,11 @@ class FederationClient:
     def tasks(self) -> list[dict[str, Any]]:
         return list(self.conn.json("GET", "/v1/tasks")["tasks"])
 
-    def current_round(self, task_id: str) -> dict[str, Any]:
-        return dict(self.conn.json("GET", f"/v1/tasks/{task_id}/round"))
+    def current_round(self, task_id: str, newer_than: int = 0, wait_s: float = 0.0) -> dict[str, Any]:
+        """The task's round; with `wait_s`, the server holds the answer until a round newer than
+        `newer_than` is open or the task is finished (long poll, no busy polling)."""
+        params = {"newer_than": newer_than, "wait_s": wait_s} if wait_s > 0 else {}
+        return dict(self.conn.json("GET", f"/v1/tasks/{task_id}/round", params=params))
 
     def history(self, task_id: str) -> list[dict[str, Any]]:
         return list(self.conn.json("GET", f"/v1/tasks/{task_id}/history")["rounds"])
@@ -328,14 +331,15 @@ class FederationClient:
         bundle: Bundle | None = None,
         cache_dir: str | os.PathLike[str] | None = None,
         eval_data: Batch | None = None,
-        poll_s: float = 1.0,
+        long_poll_s: float = 25.0,
         max_wait_s: float | None = None,
         seed: int = 0,
     ) -> list[RoundResult]:
         """Take part in rounds of `task_id` until the task is finished or `rounds` updates were accepted.
 
         `data` holds every local example (arrays with a leading example axis, `labels` among them).
-        Waits for the other clients between rounds, polling every `poll_s`, at most `max_wait_s` at a time.
+        Waits for the other clients between rounds with long polls of `long_poll_s`, at most `max_wait_s`
+        in all between two rounds (None: forever).
         """
         bundle = bundle or self.sync_bundle(cache_dir, tasks=[task_id])
         task = bundle.task(task_id)
@@ -344,7 +348,7 @@ class FederationClient:
         results: list[RoundResult] = []
         waited_since: float | None = None
         while rounds is None or len([r for r in results if r.outcome == "accepted"]) < rounds:
-            info = self.current_round(task_id)
+            info = self.current_round(task_id, self.state.last_submitted(task_id), long_poll_s)
             r = int(info["round"])
             if info["status"] == "finished":
                 self.on_progress(Progress("done", task_id, r, f"every round of {task_id!r} is done"))
@@ -356,7 +360,6 @@ class FederationClient:
                         "timeout", f"round {r} of {task_id!r} did not move for {max_wait_s:.0f} s"
                     )
                 self.on_progress(Progress("wait", task_id, r, f"round {r} is {info['status']}; waiting"))
-                self.sleep(poll_s)
                 continue
             waited_since = None
             saved = self.state.pending(task_id)

@@ -24,7 +24,12 @@ def test_schemathesis_finds_no_server_error_nor_undocumented_answer(tmp_path: Pa
     assert st is not None, "schemathesis is a dev dependency: pip install -e .[dev]"
     bundle = build_bundle(tmp_path / "bundle", tasks={"topics": head_module(64, 5)})
     config = ServerConfig(
-        bundle_dir=bundle, state_dir=tmp_path / "state", rounds=3, min_clients=2, enroll_key=ENROLL_KEY
+        bundle_dir=bundle,
+        state_dir=tmp_path / "state",
+        rounds=3,
+        min_clients=2,
+        enroll_key=ENROLL_KEY,
+        max_long_poll_s=0.2,
     )
     with serve_in_thread(config) as url:
         token = httpx.post(f"{url}/v1/clients", json={"enroll_key": ENROLL_KEY}).json()["token"]

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 from fastapi.testclient import TestClient
 
+from fedyolo.fedserver.aggregator import Aggregator
 from fedyolo.fedserver.app import create_app
 from fedyolo.fedserver.config import ServerConfig
 from fedyolo.fedserver.errors import ServerConfigError
@@ -45,9 +46,9 @@ def test_a_crash_inside_the_commit_leaves_the_round_aggregating_and_a_restart_co
     # Execute
     api.upload(a, 1, random_module(api.task, 1), examples=7)
     api.upload(b, 1, random_module(api.task, 2), examples=3)  # closes round 1; the worker's commit fails
-    rounds: Rounds = client.app.state.rounds
+    aggregator: Aggregator = client.app.state.aggregator
     with pytest.raises(OSError):
-        rounds.aggregate("topics", 1)
+        aggregator.aggregate("topics", 1)
     half = api.round(a)
     client.__exit__(None, None, None)
     monkeypatch.undo()

@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from fedyolo.fedserver.aggregator import Aggregator
 from fedyolo.fedserver.clients import Clients
 from fedyolo.fedserver.config import ServerConfig
 from fedyolo.fedserver.rounds import Rounds, Update
@@ -52,7 +53,7 @@ def test_aggregating_1000_updates_takes_memory_of_a_few_modules(tmp_path: Path) 
     module_bytes = rounds.task("topics").module_bytes
     # Execute
     tracemalloc.start()
-    version = rounds.aggregate("topics", 1)
+    version = Aggregator(rounds).aggregate("topics", 1)
     _, peak = tracemalloc.get_traced_memory()
     tracemalloc.stop()
     rounds.store.close()

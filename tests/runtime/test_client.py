@@ -147,7 +147,7 @@ def test_three_clients_federate_and_the_global_module_learns(tmp_path: Path, con
                     c.register(KEY)
                     bundle = c.sync_bundle(tmp_path / "cache", tasks=["topics"])
                     results[i] = c.run(
-                        "topics", SoftmaxTrainer, datas[i], bundle=bundle, poll_s=0.02, max_wait_s=30
+                        "topics", SoftmaxTrainer, datas[i], bundle=bundle, long_poll_s=2.0, max_wait_s=30
                     )
             except BaseException as e:  # surfaced below
                 errors.append(e)

@@ -1,0 +1,153 @@
+"""Streaming aggregation: each accepted update is folded into a running float64 sum while its round is
+still open, in acceptance order, one update in memory at a time. When the round closes only the
+strategy step and the commit remain, so clients are not kept waiting for a sum over every update.
+
+The running sum lives in memory only. After a restart it is rebuilt from the stored blobs in the same
+order, so the committed module is bitwise the one an uninterrupted server would have made.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+import time
+from dataclasses import dataclass
+
+from fedyolo.fedserver.reports import MetricsMean
+from fedyolo.fedserver.rounds import Rounds
+from fedyolo.fedserver.store import decode_state, encode_state
+from fedyolo.fedserver.strategies import StrategyState, WeightedSum, clip_delta, module_delta
+from fedyolo.runtime.wire import ModuleWeights, decode_module, encode_module
+
+log = logging.getLogger(__name__)
+
+DEADLINE_CHECK_S = 0.25
+RETRY_S = 1.0
+
+
+@dataclass
+class Fold:
+    """The running aggregate of one round: everything up to update `last_id` is in `acc`."""
+
+    round: int
+    global_weights: ModuleWeights
+    state: StrategyState
+    acc: WeightedSum
+    metrics: MetricsMean
+    last_id: int = 0
+
+
+class Aggregator:
+    """Folds updates as they arrive, commits closed rounds, closes rounds past their deadline."""
+
+    def __init__(self, rounds: Rounds) -> None:
+        self.rounds = rounds
+        self._folds: dict[str, Fold] = {}
+        self._lock = threading.Lock()
+        self._wake = threading.Event()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        rounds.on_change = self._wake.set
+
+    def start(self) -> None:
+        self._stop.clear()
+        self._thread = threading.Thread(target=self._run, name="fedserver-aggregator", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._wake.set()
+        if self._thread is not None:
+            self._thread.join(timeout=30)
+
+    def advance(self, task_id: str) -> int | None:
+        """Fold the task's new updates; commit its round if it is closed. Returns a committed version."""
+        with self.rounds.store.read() as db:
+            row = db.execute(
+                "SELECT round, status FROM rounds WHERE task_id = ? ORDER BY round DESC LIMIT 1", (task_id,)
+            ).fetchone()
+        if row is None or row["status"] == "committed":
+            self._folds.pop(task_id, None)
+            return None
+        return self._fold_and_commit(task_id, row["round"], commit=row["status"] == "aggregating")
+
+    def aggregate(self, task_id: str, round_id: int) -> int | None:
+        """Aggregate a closed round and commit it; None when it is not closed (or already committed)."""
+        with self.rounds.store.read() as db:
+            row = db.execute(
+                "SELECT status FROM rounds WHERE task_id = ? AND round = ?", (task_id, round_id)
+            ).fetchone()
+        if row is None or row["status"] != "aggregating":
+            return None
+        return self._fold_and_commit(task_id, round_id, commit=True)
+
+    def _fold_and_commit(self, task_id: str, round_id: int, commit: bool) -> int | None:
+        task = self.rounds.task(task_id)
+        with self._lock:
+            try:
+                fold = self._folds.get(task_id)
+                if fold is None or fold.round != round_id:
+                    fold = self._folds[task_id] = self._new_fold(task_id, round_id)
+                blobs, clip = self.rounds.store.blobs, self.rounds.config.clip_norm
+                for row in self.rounds.updates(task_id, round_id, after_id=fold.last_id):
+                    weights = decode_module(blobs.get(row["blob"]), task)
+                    fold.acc.add(
+                        clip_delta(module_delta(weights, fold.global_weights), clip), row["examples"]
+                    )
+                    fold.metrics.add(row["examples"], json.loads(row["metrics"]))
+                    fold.last_id = row["id"]
+                if not commit:
+                    return None
+                config = self.rounds.config
+                new_weights, new_state = self.rounds.strategy(
+                    fold.global_weights, fold.acc.mean(), fold.state, config.strategy_params
+                )
+                module_blob = blobs.put(encode_module(new_weights, task))
+                state_blob = (
+                    blobs.put(encode_state(new_state)) if new_state.first or new_state.second else None
+                )
+                version = self.rounds.commit(task_id, round_id, module_blob, state_blob, fold.metrics.mean())
+            except BaseException:
+                self._folds.pop(task_id, None)  # start again from the blobs: never add an update twice
+                raise
+            del self._folds[task_id]
+        if version is not None:
+            log.info(
+                "task %r round %d: %d updates, %.0f examples -> module version %d",
+                task_id, round_id, fold.acc.count, fold.acc.total_weight, version,
+            )  # fmt: skip
+        return version
+
+    def _new_fold(self, task_id: str, round_id: int) -> Fold:
+        task = self.rounds.task(task_id)
+        with self.rounds.store.read() as db:
+            base = db.execute(
+                "SELECT m.blob, m.state_blob FROM rounds r JOIN module_versions m "
+                "ON m.task_id = r.task_id AND m.version = r.base_version WHERE r.task_id = ? AND r.round = ?",
+                (task_id, round_id),
+            ).fetchone()
+        blobs = self.rounds.store.blobs
+        return Fold(
+            round=round_id,
+            global_weights=decode_module(blobs.get(base["blob"]), task),
+            state=decode_state(blobs.get(base["state_blob"])) if base["state_blob"] else StrategyState(),
+            acc=WeightedSum({t.name: t.shape for t in task.trainable}),
+            metrics=MetricsMean(),
+        )
+
+    def _run(self) -> None:
+        last_deadline_check = 0.0
+        while not self._stop.is_set():
+            self._wake.wait(timeout=0.05)
+            self._wake.clear()
+            try:
+                for task_id in self.rounds.task_ids():
+                    self.advance(task_id)
+                if time.monotonic() - last_deadline_check > DEADLINE_CHECK_S:
+                    last_deadline_check = time.monotonic()
+                    self.rounds.close_due()
+            except Exception:
+                # A broken blob or a full disk must not kill the worker: the round stays closed, retried.
+                log.exception("aggregation failed; retrying in %.0f s", RETRY_S)
+                self._stop.wait(RETRY_S)
