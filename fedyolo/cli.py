@@ -6,6 +6,7 @@ A known error (FedyoloError) prints one line and exits non-zero, never a traceba
 
 from __future__ import annotations
 
+import importlib
 import json
 import logging
 import sys
@@ -144,13 +145,19 @@ def train_cmd(
     train_command(bundle, task, data, test_data, epochs, lr, batch_size, seed, save)
 
 
+OPTIONAL_COMMANDS = ("fedyolo.fedserver.cli",)  # modules with a `register(app)`, where installed
+
+
 def _mount_optional() -> None:
     """Server and client commands live with their parts; mount them when present."""
-    try:
-        from fedyolo.fedserver.cli import register as register_server
-    except ImportError:
-        return
-    register_server(app)
+    for name in OPTIONAL_COMMANDS:
+        try:
+            part = importlib.import_module(name)
+        except ModuleNotFoundError as e:
+            if e.name != name:  # the part is there but broken: say so, do not hide its commands
+                raise
+            continue
+        part.register(app)
 
 
 def main() -> None:

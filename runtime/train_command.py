@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import time
 from pathlib import Path
 
@@ -13,7 +14,7 @@ from safetensors.numpy import save_file
 
 from fedyolo.runtime.bundle import Bundle, open_bundle
 from fedyolo.runtime.data import check_labels, label_ids, read_examples, read_image_arrays
-from fedyolo.runtime.errors import DataError
+from fedyolo.runtime.errors import DataError, FedyoloError
 from fedyolo.runtime.local import Arrays, EpochLog, encode_examples, fit
 from fedyolo.runtime.ort_trainer import OrtTrainer
 
@@ -22,6 +23,11 @@ def load_arrays(bundle: Bundle, task_id: str, path: Path) -> Arrays:
     """A data file as the task's graph inputs: JSONL/CSV for text tasks, .npz for image tasks."""
     task = bundle.task(task_id)
     if task.input.kind == "image":
+        if path.suffix.lower() != ".npz":
+            raise DataError(
+                f"{path}: task {task_id!r} takes images, not {path.suffix or 'this file'}; give a .npz "
+                "saved with np.savez(path, pixel_values=<float32 [N,C,H,W]>, labels=<[N] ints or strings>)"
+            )
         pixels, labels = read_image_arrays(path)
         check_labels(labels, task.labels, str(path))
         want = (len(pixels), *task.input.image_shape)
@@ -58,6 +64,13 @@ def train_command(
 ) -> list[EpochLog]:
     """Train, print a table per epoch and the final held-out accuracy; optionally save the module."""
     console = console or Console()
+    # Mistakes that would otherwise surface only after the training: say so before it.
+    if not (math.isfinite(lr) and lr > 0):
+        raise FedyoloError(f"--lr {lr} is not a positive number; e.g. --lr 1e-3")
+    if save is not None and save.is_dir():
+        raise FedyoloError(
+            f"--save {save} is a folder; give a file path, e.g. --save {save / 'module.safetensors'}"
+        )
     start = time.perf_counter()
     bundle = open_bundle(bundle_dir, tasks=[task_id])
     train = load_arrays(bundle, task_id, data) if data else builtin_split(bundle, task_id, "train")
