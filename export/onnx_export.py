@@ -9,7 +9,12 @@ distinct; a check that the exported trainable tensors equal PyTorch's `requires_
 from __future__ import annotations
 
 import logging
+import os
+import sys
 import tempfile
+import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -23,6 +28,27 @@ log = logging.getLogger(__name__)
 
 OPSET = 15
 OPTIMIZERS = ("adamw", "sgd")
+
+
+@contextmanager
+def native_logs_quiet() -> Iterator[None]:
+    """Hold back what the exporter and ORT's gradient builder print (hundreds of INFO lines and tracer
+    warnings written straight to fd 2); replay it if the export fails, so nothing useful is lost."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with tempfile.TemporaryFile() as sink, warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        os.dup2(sink.fileno(), 2)
+        try:
+            yield
+        except BaseException:
+            os.dup2(saved, 2)
+            sink.seek(0)
+            sys.stderr.write(sink.read()[-20000:].decode(errors="replace"))
+            raise
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
 
 
 class ExportMismatchError(RuntimeError):
@@ -102,22 +128,23 @@ def export_training_artifacts(
 
     if optimizer not in OPTIMIZERS:
         raise ValueError(f"unknown optimizer {optimizer!r}; choose one of {OPTIMIZERS}")
-    with tempfile.TemporaryDirectory() as tmp:
-        forward = Path(tmp) / "forward.onnx"
-        names = export_forward(model, forward, max_length, image_shape)
-        proto = onnx.load(str(forward))
-    trainable, frozen = check_trainable(proto, model)
-    log.info("exported forward graph: %d trainable, %d frozen tensors", len(trainable), len(frozen))
-    optim = artifacts.OptimType.AdamW if optimizer == "adamw" else artifacts.OptimType.SGD
-    artifacts.generate_artifacts(
-        proto,
-        requires_grad=list(trainable),
-        frozen_params=frozen,
-        loss=artifacts.LossType.CrossEntropyLoss,
-        optimizer=optim,
-        artifact_directory=str(out_dir),
-        additional_output_names=["logits"],
-    )
+    with native_logs_quiet():
+        with tempfile.TemporaryDirectory() as tmp:
+            forward = Path(tmp) / "forward.onnx"
+            names = export_forward(model, forward, max_length, image_shape)
+            proto = onnx.load(str(forward))
+        trainable, frozen = check_trainable(proto, model)
+        log.info("exported forward graph: %d trainable, %d frozen tensors", len(trainable), len(frozen))
+        optim = artifacts.OptimType.AdamW if optimizer == "adamw" else artifacts.OptimType.SGD
+        artifacts.generate_artifacts(
+            proto,
+            requires_grad=list(trainable),
+            frozen_params=frozen,
+            loss=artifacts.LossType.CrossEntropyLoss,
+            optimizer=optim,
+            artifact_directory=str(out_dir),
+            additional_output_names=["logits"],
+        )
     for name in (TRAINING_MODEL, EVAL_MODEL, OPTIMIZER_MODEL, CHECKPOINT):
         if not (out_dir / name).exists():
             raise ExportMismatchError(f"onnxruntime did not write {name}")

@@ -12,6 +12,7 @@ import torch
 from torch import nn
 
 from fedyolo.export.classifier import TaskModel, transformer_layers
+from fedyolo.runtime.errors import FedyoloError
 from fedyolo.export.modules.registry import ModuleKind, freeze_backbone, register
 
 
@@ -57,7 +58,7 @@ def attach_adapter(model: TaskModel, config: AdapterConfig) -> None:
     for layer in transformer_layers(model, hidden):
         for role in config.positions:
             if role not in layer:
-                raise ValueError(f"unknown adapter position {role!r}; choose from {sorted(layer)}")
+                raise FedyoloError(f"unknown adapter position {role!r}; choose from {sorted(layer)}")
             parent_name, _, child = layer[role].rpartition(".")
             parent = model.get_submodule(parent_name)
             linear = getattr(parent, child)

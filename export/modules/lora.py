@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from fedyolo.export.classifier import TaskModel, transformer_layers
+from fedyolo.runtime.errors import FedyoloError
 from fedyolo.export.modules.registry import ModuleKind, freeze_backbone, register
 
 
@@ -24,7 +25,7 @@ def lora_target_names(model: TaskModel, targets: tuple[str, ...]) -> list[str]:
     layers = transformer_layers(model, hidden)
     bad = sorted(set(targets) - set(layers[0]))
     if bad:
-        raise ValueError(f"unknown LoRA target roles {bad}; choose from {sorted(layers[0])}")
+        raise FedyoloError(f"unknown LoRA target roles {bad}; choose from {sorted(layers[0])}")
     return [layer[t] for layer in layers for t in targets]
 
 
