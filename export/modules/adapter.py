@@ -12,8 +12,8 @@ import torch
 from torch import nn
 
 from fedyolo.export.classifier import TaskModel, transformer_layers
-from fedyolo.runtime.errors import FedyoloError
 from fedyolo.export.modules.registry import ModuleKind, freeze_backbone, register
+from fedyolo.runtime.errors import FedyoloError
 
 
 @dataclass(frozen=True)

@@ -5,8 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from fedyolo.export.classifier import TaskModel, transformer_layers
-from fedyolo.runtime.errors import FedyoloError
 from fedyolo.export.modules.registry import ModuleKind, freeze_backbone, register
+from fedyolo.runtime.errors import FedyoloError
 
 
 @dataclass(frozen=True)
