@@ -56,7 +56,9 @@ def request(conn: http.client.HTTPConnection, method: str, path: str, body: byte
     return response.status, response.read()
 
 
-def client_loop(port: int, token: str, bodies: list[bytes], stop: threading.Event, out: dict[str, list]) -> None:
+def client_loop(
+    port: int, token: str, bodies: list[bytes], stop: threading.Event, out: dict[str, list]
+) -> None:
     """One device: poll the round, fetch the module, upload once per round; record latency and acks."""
     conn = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
     auth = {"Authorization": f"Bearer {token}"}
@@ -68,7 +70,9 @@ def client_loop(port: int, token: str, bodies: list[bytes], stop: threading.Even
         info = json.loads(raw)
         if status != 200 or info["status"] != "open" or info["round"] <= last:
             continue
-        status, module = request(conn, "GET", f"/v1/tasks/topics/modules/{info['module_version']}", headers=auth)
+        status, module = request(
+            conn, "GET", f"/v1/tasks/topics/modules/{info['module_version']}", headers=auth
+        )
         assert status == 200 and len(module) > 300_000
         key = uuid.uuid4().hex
         headers = auth | {
@@ -95,20 +99,31 @@ def main() -> None:
     p.add_argument("--clients", type=int, default=64)
     p.add_argument("--seconds", type=float, default=20.0)
     p.add_argument("--bodies", type=int, default=8, help="distinct update bodies per client")
+    p.add_argument("--workers", type=int, default=2, help="server processes")
+    p.add_argument(
+        "--work-dir", type=Path, default=None,
+        help="where the bundle and the server state go (default: a temp dir on disk; /dev/shm takes the "
+        "disk's flush bandwidth out of the measurement)",
+    )  # fmt: skip
     p.add_argument("--out", type=Path, default=RESULTS)
     args = p.parse_args()
 
-    work = Path(tempfile.mkdtemp(prefix="fedyolo-load-"))
+    work = Path(tempfile.mkdtemp(prefix="fedyolo-load-", dir=args.work_dir))
     bundle = open_bundle(build_bundle(work / "bundle", tasks={"topics": ADAPTER_MODULE}))
     task = bundle.task("topics")
     port = free_port()
     cmd = [
         sys.executable, "-m", "fedyolo.fedserver", str(bundle.root), "--state-dir", str(work / "state"),
         "--port", str(port), "--min-clients", str(args.clients), "--rounds", "1000000",
-        "--enroll-key", KEY, "--log-level", "warning", "--deadline-s", "3600",
+        "--enroll-key", KEY, "--log-level", "warning", "--deadline-s", "3600", "--workers", str(args.workers),
     ]  # fmt: skip
-    server = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=open(work / "server.log", "wb"))
+    with open(work / "server.log", "wb") as log:
+        server = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=log)
     proc = psutil.Process(server.pid)
+
+    def tree() -> list[psutil.Process]:
+        return [proc, *proc.children(recursive=True)]
+
     try:
         conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
         for _ in range(300):
@@ -132,24 +147,25 @@ def main() -> None:
                 encode_module({t.name: 0.02 * rng.standard_normal(t.shape).astype(np.float32) for t in task.trainable}, task)
                 for _ in range(args.bodies)
             ]  # fmt: skip
-            threads.append(threading.Thread(target=client_loop, args=(port, tok, bodies, stop, out), daemon=True))
+            threads.append(
+                threading.Thread(target=client_loop, args=(port, tok, bodies, stop, out), daemon=True)
+            )
         peak_rss = 0
-        cpu0, own0 = proc.cpu_times(), psutil.Process().cpu_times()
+        cpu0, own0 = _cpu(tree()), psutil.Process().cpu_times()
         t_start = time.time()
         for t in threads:
             t.start()
         while time.time() - t_start < args.seconds:
-            peak_rss = max(peak_rss, proc.memory_info().rss)
+            peak_rss = max(peak_rss, sum(p.memory_info().rss for p in tree()))
             time.sleep(0.1)
         stop.set()
         for t in threads:
             t.join(timeout=60)
         t_stop = time.time()
-        cpu1, own1 = proc.cpu_times(), psutil.Process().cpu_times()
-        server_cpu = (cpu1.user + cpu1.system - cpu0.user - cpu0.system) / (t_stop - t_start)
+        cpu1, own1 = _cpu(tree()), psutil.Process().cpu_times()
+        server_cpu = (cpu1 - cpu0) / (t_stop - t_start)
         loadgen_cpu = (own1.user + own1.system - own0.user - own0.system) / (t_stop - t_start)
         time.sleep(2.0)  # the last round cannot close (clients stopped); committed rounds are final
-        peak_rss = max(peak_rss, proc.memory_info().rss)
     finally:
         server.terminate()
         server.wait(timeout=30)
@@ -164,6 +180,12 @@ def main() -> None:
         "WHERE r.status = 'committed'"
     ).fetchone()[0]
     first_received = db.execute("SELECT MIN(received_at) FROM updates").fetchone()[0]
+    # Where a round's time goes: open -> first upload, first -> last upload, closed -> committed.
+    phases = db.execute(
+        "SELECT AVG(f - r.opened_at), AVG(l - f), AVG(r.committed_at - r.closed_at) FROM rounds r JOIN "
+        "(SELECT round, MIN(received_at) AS f, MAX(received_at) AS l FROM updates GROUP BY round) u "
+        "ON u.round = r.round WHERE r.status = 'committed'"
+    ).fetchone()
     db.close()
     keys = {k for k, _, _ in rows}
     acked = {k for k, _ in out["acks"]}
@@ -187,9 +209,16 @@ def main() -> None:
             "p95": round(1000 * lat[int(0.95 * (len(lat) - 1))], 2) if lat else None,
             "max": round(1000 * lat[-1], 2) if lat else None,
         },
+        "round_phases_ms": {
+            "open_to_first_upload": round(1000 * (phases[0] or 0), 1),
+            "first_to_last_upload": round(1000 * (phases[1] or 0), 1),
+            "close_to_commit": round(1000 * (phases[2] or 0), 1),
+        },
         "refused": len(out["refused"]),
         "lost": lost,
         "duplicated": duplicated,
+        "server_workers": args.workers,
+        "state_dir": str(work / "state"),
         "server_peak_rss_mb": round(peak_rss / 2**20, 1),
         "server_cpu_cores_busy": round(server_cpu, 2),
         "load_generator_cpu_cores_busy": round(loadgen_cpu, 2),
@@ -209,6 +238,10 @@ def main() -> None:
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2) + "\n")
     print(json.dumps(result, indent=2))
+
+
+def _cpu(processes: list[psutil.Process]) -> float:
+    return sum(p.cpu_times().user + p.cpu_times().system for p in processes)
 
 
 def _version(module: str) -> str | None:

@@ -31,6 +31,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--ssl-certfile", default=None)
     p.add_argument("--ssl-keyfile", default=None)
     p.add_argument("--log-level", default="info")
+    p.add_argument("--workers", type=int, default=1, help="server processes (each uses a core)")
     args = vars(p.parse_args(argv))
     logging.basicConfig(
         level=args["log_level"].upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"

@@ -8,6 +8,7 @@ order, so the committed module is bitwise the one an uninterrupted server would 
 
 from __future__ import annotations
 
+import fcntl
 import json
 import logging
 import threading
@@ -17,12 +18,13 @@ from dataclasses import dataclass
 from fedyolo.fedserver.reports import MetricsMean
 from fedyolo.fedserver.rounds import Rounds
 from fedyolo.fedserver.store import decode_state, encode_state
-from fedyolo.fedserver.strategies import StrategyState, WeightedSum, clip_delta, module_delta
+from fedyolo.fedserver.strategies import StrategyState, WeightedSum
 from fedyolo.runtime.wire import ModuleWeights, decode_module, encode_module
 
 log = logging.getLogger(__name__)
 
 DEADLINE_CHECK_S = 0.25
+MAX_FRESH = 256  # decoded updates held for folding; beyond that they are read back from their blobs
 RETRY_S = 1.0
 
 
@@ -48,7 +50,15 @@ class Aggregator:
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
-        rounds.on_change = self._wake.set
+        # Updates this process just accepted, already checked and decoded: folding them skips a blob read.
+        self._fresh: dict[tuple[str, int], ModuleWeights] = {}
+        rounds.listeners.append(self._wake.set)
+        rounds.on_accepted = self._accepted
+
+    def _accepted(self, task_id: str, update_id: int, weights: ModuleWeights) -> None:
+        if len(self._fresh) < MAX_FRESH:
+            self._fresh[(task_id, update_id)] = weights
+        self._wake.set()
 
     def start(self) -> None:
         self._stop.clear()
@@ -69,6 +79,8 @@ class Aggregator:
             ).fetchone()
         if row is None or row["status"] == "committed":
             self._folds.pop(task_id, None)
+            for key in [k for k in self._fresh if k[0] == task_id]:
+                self._fresh.pop(key, None)
             return None
         return self._fold_and_commit(task_id, row["round"], commit=row["status"] == "aggregating")
 
@@ -91,10 +103,10 @@ class Aggregator:
                     fold = self._folds[task_id] = self._new_fold(task_id, round_id)
                 blobs, clip = self.rounds.store.blobs, self.rounds.config.clip_norm
                 for row in self.rounds.updates(task_id, round_id, after_id=fold.last_id):
-                    weights = decode_module(blobs.get(row["blob"]), task)
-                    fold.acc.add(
-                        clip_delta(module_delta(weights, fold.global_weights), clip), row["examples"]
-                    )
+                    weights = self._fresh.pop((task_id, row["id"]), None)
+                    if weights is None:  # not handed over in memory (another process, or a restart)
+                        weights = decode_module(blobs.get(row["blob"]), task)
+                    fold.acc.add_update(weights, fold.global_weights, row["examples"], clip)
                     fold.metrics.add(row["examples"], json.loads(row["metrics"]))
                     fold.last_id = row["id"]
                 if not commit:
@@ -110,6 +122,7 @@ class Aggregator:
                 version = self.rounds.commit(task_id, round_id, module_blob, state_blob, fold.metrics.mean())
             except BaseException:
                 self._folds.pop(task_id, None)  # start again from the blobs: never add an update twice
+                self._fresh.clear()
                 raise
             del self._folds[task_id]
         if version is not None:
@@ -137,6 +150,18 @@ class Aggregator:
         )
 
     def _run(self) -> None:
+        # Server worker processes share the state: only the one holding this lock aggregates. If it dies,
+        # the kernel frees the lock and another worker takes over within a second.
+        with open(self.rounds.config.state_dir / "aggregator.lock", "w") as lock:
+            while not self._stop.is_set():
+                try:
+                    fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    break
+                except BlockingIOError:
+                    self._stop.wait(1.0)
+            self._lead()
+
+    def _lead(self) -> None:
         last_deadline_check = 0.0
         while not self._stop.is_set():
             self._wake.wait(timeout=0.05)

@@ -7,8 +7,10 @@ Every error is `{"code": ..., "detail": ...}` with a code from `errors.CODES`.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
+import os
 import re
 import time
 from collections.abc import AsyncIterator
@@ -57,8 +59,6 @@ ERRORS[400] = {"model": ErrorBody, "description": "invalid_request: a body that 
 # Header names whose validation errors get the upload's own codes rather than invalid_request.
 HEADER_CODES = {"Fedyolo-Examples": "bad_examples", "Fedyolo-Metrics": "bad_metrics"}
 SQLITE_INT_MAX = 2**63 - 1
-WAKE_S = 0.005  # a long poll looks at this process's change counter this often (no I/O)
-RECHECK_S = 0.1  # and at the database this often, for changes made by another worker process
 UPLOAD_BODY = {
     "requestBody": {
         "required": True,
@@ -128,20 +128,62 @@ async def client_id(
 Client = Annotated[int, Depends(client_id)]
 
 
-def create_app(config: ServerConfig) -> FastAPI:
-    """Open the bundle (every file hashed) and the state directory, recover, and build the app."""
-    bundle = open_bundle(config.bundle_dir)
+class RoundSignal:
+    """Wakes the long polls of this process when a round changes: at once for a change made here, within
+    `poll_s` for one made by another worker process (seen through SQLite's `PRAGMA data_version`)."""
+
+    def __init__(self, rounds: Rounds, poll_s: float = 0.01) -> None:
+        self.rounds = rounds
+        self.poll_s = poll_s
+        self._event = asyncio.Event()
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    def fire(self) -> None:
+        self._event.set()
+        self._event = asyncio.Event()
+
+    def fire_threadsafe(self) -> None:
+        if self._loop is not None:
+            self._loop.call_soon_threadsafe(self.fire)
+
+    async def watch(self) -> None:
+        """Run for the app's life: hook the rounds' listeners and poll for other processes' changes."""
+        self._loop = asyncio.get_running_loop()
+        self.rounds.listeners.append(self.fire_threadsafe)
+        seen = self.rounds.refresh()
+        while True:
+            await asyncio.sleep(self.poll_s)
+            if self.rounds.refresh() != seen:
+                seen = self.rounds.generation
+                self.fire()
+
+    async def wait(self, timeout_s: float) -> None:
+        """Until the next change, or `timeout_s`."""
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._event.wait(), timeout_s)
+
+
+def create_app(config: ServerConfig, recover: bool = True) -> FastAPI:
+    """Open the bundle (every file hashed) and the state directory, recover, and build the app.
+
+    Worker processes pass `recover=False`: their parent recovered before starting them.
+    """
+    bundle = open_bundle(config.bundle_dir, verify=recover)
     store = Store(config.state_dir)
     rounds = Rounds(config, bundle, store)
-    rounds.recover()
+    if recover:
+        rounds.recover()
     aggregator = Aggregator(rounds)
+    signal = RoundSignal(rounds)
     clients = Clients(store, config.enroll_key)
     files = bundle_files(bundle)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         aggregator.start()
+        watcher = asyncio.create_task(signal.watch())
         yield
+        watcher.cancel()
         aggregator.stop()
         store.close()
 
@@ -254,15 +296,13 @@ def create_app(config: ServerConfig) -> FastAPI:
         open or the task is finished: clients wait for the others without polling.
         """
         deadline = time.monotonic() + min(wait_s, config.max_long_poll_s)
-        seen, checked = rounds.generation, time.monotonic()
         info = rounds.current(task_id)
         while not (info.status == "finished" or (info.status == "open" and info.round > newer_than)):
-            if time.monotonic() >= deadline:
+            left = deadline - time.monotonic()
+            if left <= 0:
                 break
-            await asyncio.sleep(WAKE_S)
-            if rounds.generation != seen or time.monotonic() - checked > RECHECK_S:
-                seen, checked = rounds.generation, time.monotonic()
-                info = rounds.current(task_id)
+            await signal.wait(min(left, 1.0))  # woken by any round change; re-read at least every second
+            info = rounds.current(task_id)
         return asdict(info)
 
     @app.get(
@@ -271,10 +311,13 @@ def create_app(config: ServerConfig) -> FastAPI:
         response_class=Response,
         responses={200: {"content": {OCTET: {}}}, 304: {"description": "not modified"}},
     )
-    def module(
+    async def module(
         task_id: str, version: Annotated[int, Path(ge=0, le=SQLITE_INT_MAX)], request: Request, client: Client
     ) -> Response:
-        """A committed module version as safetensors; immutable, ETag is its quoted sha256."""
+        """A committed module version as safetensors; immutable, ETag is its quoted sha256.
+
+        Async: the versions clients ask for are in memory; only a miss reads one blob.
+        """
         sha, body = rounds.module(task_id, version)
         headers = {"etag": f'"{sha}"', "cache-control": "private, max-age=31536000, immutable"}
         if _not_modified(request, headers["etag"]):
@@ -318,3 +361,11 @@ def create_app(config: ServerConfig) -> FastAPI:
         return {"task_id": task_id, "rounds": round_history(rounds, task_id)}
 
     return app
+
+
+CONFIG_ENV = "FEDYOLO_FEDSERVER_CONFIG"
+
+
+def app_from_environment() -> FastAPI:
+    """The app of one server worker process: uvicorn's factory, the config in `FEDYOLO_FEDSERVER_CONFIG`."""
+    return create_app(ServerConfig.from_json(os.environ[CONFIG_ENV]), recover=False)

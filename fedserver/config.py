@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+import json
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from fedyolo.fedserver.errors import ServerConfigError
@@ -80,6 +81,18 @@ class ServerConfig:
             )
         if problems:
             raise ServerConfigError("; ".join(problems))
+
+    def to_json(self) -> str:
+        """The config as JSON, to hand it to server worker processes."""
+        raw = asdict(self) | {"bundle_dir": str(self.bundle_dir), "state_dir": str(self.state_dir)}
+        return json.dumps(raw)
+
+    @classmethod
+    def from_json(cls, text: str) -> ServerConfig:
+        raw = json.loads(text)
+        raw["bundle_dir"], raw["state_dir"] = Path(raw["bundle_dir"]), Path(raw["state_dir"])
+        raw["strategy_params"] = StrategyParams(**raw["strategy_params"])
+        return cls(**raw)
 
     def update_cap(self, task: TaskSpec) -> int:
         """Byte cap of one uploaded update for `task`."""

@@ -27,7 +27,7 @@ from fedyolo.fedserver.strategies import STRATEGIES
 from fedyolo.runtime.bundle import Bundle
 from fedyolo.runtime.errors import ModuleWeightsError
 from fedyolo.runtime.manifest import MODULE_WEIGHTS, TaskSpec
-from fedyolo.runtime.wire import decode_module, encode_module
+from fedyolo.runtime.wire import ModuleWeights, decode_module, encode_module
 
 log = logging.getLogger(__name__)
 
@@ -98,7 +98,7 @@ class Rounds:
     """Rounds of every task of the bundle over one store; thread-safe.
 
     `recover()` brings the state up to date with the bundle and drops garbage; the aggregation of
-    closed rounds (`aggregator.Aggregator`) hears of every change through `on_change`.
+    closed rounds (`aggregator.Aggregator`) and the long polls hear of every change through `listeners`.
     """
 
     def __init__(
@@ -109,17 +109,36 @@ class Rounds:
         self.store = store
         self.clock = clock
         self.strategy = STRATEGIES[config.strategy]
-        self.on_change: Callable[[], None] = lambda: None
+        self.listeners: list[Callable[[], None]] = []
+        self.on_accepted: Callable[[str, int, ModuleWeights], None] = lambda task_id, update_id, weights: None
         self._module_cache: dict[tuple[str, int], tuple[str, bytes]] = {}
         self._cache_lock = threading.Lock()
         # Bumped by every state change made in this process: long polls wake on it without touching the disk.
         self.generation = 0
+        self._seen_data_version = threading.local()  # PRAGMA data_version is per connection
 
     # -- life cycle ------------------------------------------------------------------------------
 
+    def refresh(self, every_s: float = 0.005) -> int:
+        """`generation`, bumped also when another process changed the database (cheap: no table read).
+
+        Looks at the database at most every `every_s` per thread, however many long polls ask.
+        """
+        now = time.monotonic()
+        if now - getattr(self._seen_data_version, "at", 0.0) < every_s:
+            return self.generation
+        self._seen_data_version.at = now
+        with self.store.read() as db:
+            version = db.execute("PRAGMA data_version").fetchone()[0]
+        if version != getattr(self._seen_data_version, "value", version):
+            self.generation += 1
+        self._seen_data_version.value = version
+        return self.generation
+
     def _changed(self) -> None:
         self.generation += 1
-        self.on_change()
+        for listener in self.listeners:
+            listener()
 
     def recover(self) -> None:
         """Create missing tasks and drop blobs no row names (left by uploads a crash interrupted).
@@ -255,49 +274,54 @@ class Rounds:
             )
         metrics = check_metrics(update.metrics)
         try:
-            decode_module(update.body, task)
+            weights = decode_module(update.body, task)
         except ModuleWeightsError as e:
             raise ApiError("invalid_update", str(e)) from e
         self.store.blobs.put(update.body, sha)  # durable before the row that names it
+        answer = self.store.grouped(lambda db: self._record(db, update, sha, metrics))
+        if not answer.replayed:
+            self.on_accepted(update.task_id, int(answer.body["update_id"]), weights)
+            self._changed()  # the aggregator folds the update in while the round is still open
+        return answer
+
+    def _record(self, db: Any, update: Update, sha: str, metrics: dict[str, float]) -> Answer:
+        """The upload's rows, inside a (group) transaction: re-checked there, so concurrent ones are safe."""
+        replay = self._replay(db, update, sha)  # a retry of the same key may have raced this one
+        if replay is not None:
+            return replay
+        self._check_round(db, update)
+        count = (
+            1
+            + db.execute(
+                "SELECT COUNT(*) FROM updates WHERE task_id = ? AND round = ?", (update.task_id, update.round)
+            ).fetchone()[0]
+        )
+        closes = count >= self.config.min_clients
         now = self.clock()
-        with self.store.transaction() as db:
-            replay = self._replay(db, update, sha)  # a retry of the same key may have raced this one
-            if replay is not None:
-                return replay
-            self._check_round(db, update)
-            count = (
-                1
-                + db.execute(
-                    "SELECT COUNT(*) FROM updates WHERE task_id = ? AND round = ?",
-                    (update.task_id, update.round),
-                ).fetchone()[0]
+        cursor = db.execute(
+            "INSERT INTO updates (task_id, round, client_id, idempotency_key, blob, body_bytes, "
+            "examples, metrics, status_code, response, received_at) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, 201, '', ?)",
+            (
+                update.task_id, update.round, update.client_id, update.idempotency_key, sha,
+                len(update.body), update.examples, json.dumps(metrics), now,
+            ),
+        )  # fmt: skip
+        body = {
+            "update_id": cursor.lastrowid,
+            "task": update.task_id,
+            "round": update.round,
+            "examples": update.examples,
+            "sha256": sha,
+            "round_updates": count,
+            "round_closed": closes,
+        }
+        db.execute("UPDATE updates SET response = ? WHERE id = ?", (json.dumps(body), cursor.lastrowid))
+        if closes:
+            db.execute(
+                "UPDATE rounds SET status = 'aggregating', closed_at = ? WHERE task_id = ? AND round = ?",
+                (now, update.task_id, update.round),
             )
-            closes = count >= self.config.min_clients
-            cursor = db.execute(
-                "INSERT INTO updates (task_id, round, client_id, idempotency_key, blob, body_bytes, "
-                "examples, metrics, status_code, response, received_at) "
-                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, 201, '', ?)",
-                (
-                    update.task_id, update.round, update.client_id, update.idempotency_key, sha,
-                    len(update.body), update.examples, json.dumps(metrics), now,
-                ),
-            )  # fmt: skip
-            body = {
-                "update_id": cursor.lastrowid,
-                "task": update.task_id,
-                "round": update.round,
-                "examples": update.examples,
-                "sha256": sha,
-                "round_updates": count,
-                "round_closed": closes,
-            }
-            db.execute("UPDATE updates SET response = ? WHERE id = ?", (json.dumps(body), cursor.lastrowid))
-            if closes:
-                db.execute(
-                    "UPDATE rounds SET status = 'aggregating', closed_at = ? WHERE task_id = ? AND round = ?",
-                    (now, update.task_id, update.round),
-                )
-        self._changed()  # the aggregator folds the update in while the round is still open
         return Answer(201, body)
 
     def _replay(self, db: Any, update: Update, sha: str) -> Answer | None:

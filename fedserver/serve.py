@@ -9,15 +9,19 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import uvicorn
 from rich.console import Console
 
-from fedyolo.fedserver.app import create_app
+from fedyolo.fedserver.app import CONFIG_ENV, create_app
 from fedyolo.fedserver.clients import new_enroll_key
 from fedyolo.fedserver.config import ServerConfig
 from fedyolo.fedserver.errors import ServerConfigError
+from fedyolo.fedserver.rounds import Rounds
+from fedyolo.fedserver.store import Store
 from fedyolo.fedserver.strategies import StrategyParams
+from fedyolo.runtime.bundle import open_bundle
 
 log = logging.getLogger(__name__)
 
@@ -31,21 +35,40 @@ def serve(
     ssl_certfile: str | os.PathLike[str] | None = None,
     ssl_keyfile: str | os.PathLike[str] | None = None,
     log_level: str = "info",
+    workers: int = 1,
 ) -> None:
-    """Serve until interrupted; TLS when a certificate and key are given (uvicorn's own options)."""
+    """Serve until interrupted; TLS when a certificate and key are given (uvicorn's own options).
+
+    `workers` > 1 runs that many server processes on one port (uvicorn's process manager): Python
+    handles requests on more than one core. They share the database and the blobs; recovery runs
+    once, here, before they start, and one of them at a time aggregates (`aggregator.Aggregator`).
+    """
     if (ssl_certfile is None) != (ssl_keyfile is None):
         raise ServerConfigError("TLS needs both --ssl-certfile and --ssl-keyfile")
-    app = create_app(config)
-    uvicorn.run(
-        app,
-        host=host,
-        port=port,
-        ssl_certfile=None if ssl_certfile is None else str(ssl_certfile),
-        ssl_keyfile=None if ssl_keyfile is None else str(ssl_keyfile),
-        log_level=log_level,
-        access_log=log_level == "debug",
-        timeout_graceful_shutdown=10,
-    )
+    options: dict[str, Any] = {
+        "host": host,
+        "port": port,
+        "ssl_certfile": None if ssl_certfile is None else str(ssl_certfile),
+        "ssl_keyfile": None if ssl_keyfile is None else str(ssl_keyfile),
+        "log_level": log_level,
+        "access_log": log_level == "debug",
+        "timeout_graceful_shutdown": 10,
+    }
+    if workers <= 1:
+        uvicorn.run(create_app(config), **options)
+        return
+    prepare_state(config)
+    os.environ[CONFIG_ENV] = config.to_json()
+    uvicorn.run("fedyolo.fedserver.app:app_from_environment", factory=True, workers=workers, **options)
+
+
+def prepare_state(config: ServerConfig) -> None:
+    """Verify the bundle, create missing tasks and collect garbage blobs; before any worker serves."""
+    store = Store(config.state_dir)
+    try:
+        Rounds(config, open_bundle(config.bundle_dir), store).recover()
+    finally:
+        store.close()
 
 
 @contextmanager
@@ -122,6 +145,7 @@ def serve_command(
     ssl_certfile: str | os.PathLike[str] | None = None,
     ssl_keyfile: str | os.PathLike[str] | None = None,
     log_level: str = "info",
+    workers: int = 1,
 ) -> None:
     """`fedyolo serve BUNDLE`: rounds for every task of the bundle; prints the enrollment key it made.
 
@@ -152,4 +176,4 @@ def serve_command(
         console.print(f"enrollment key: [bold]{key}[/bold]  (kept in {state / ENROLL_KEY_FILE})")
     scheme = "https" if ssl_certfile else "http"
     console.print(f"state: {state}   serving {bundle_dir} at {scheme}://{host}:{port}  (API docs: /docs)")
-    serve(config, host, port, ssl_certfile, ssl_keyfile, log_level)
+    serve(config, host, port, ssl_certfile, ssl_keyfile, log_level, workers)

@@ -15,9 +15,10 @@ import sqlite3
 import struct
 import threading
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any, TypeVar, cast
 
 import numpy as np
 from safetensors.numpy import load as st_load
@@ -150,6 +151,19 @@ class BlobStore:
         return removed
 
 
+T = TypeVar("T")
+
+
+class _Work:
+    """A piece of a group commit and, once done, its result or error."""
+
+    def __init__(self, work: Callable[[sqlite3.Connection], Any]) -> None:
+        self.work = work
+        self.result: Any = None
+        self.error: BaseException | None = None
+        self.done = False
+
+
 class Store:
     """The SQLite database: one writer connection under a lock, one reader connection per thread.
 
@@ -167,6 +181,8 @@ class Store:
         self._lock = threading.RLock()
         self._local = threading.local()
         self._readers: list[sqlite3.Connection] = []
+        self._queue: list[_Work] = []
+        self._queue_lock = threading.Lock()
         self._db = self._connect()
         self._db.execute("PRAGMA journal_mode=WAL")
         with self._lock:
@@ -192,6 +208,50 @@ class Store:
                 self._db.execute("ROLLBACK")
                 raise
             self._db.execute("COMMIT")
+
+    def grouped(self, work: Callable[[sqlite3.Connection], T]) -> T:
+        """Run `work` in a transaction shared with whatever other threads are waiting: one fsync for all.
+
+        Group commit: the thread that gets the writer lock runs every queued piece of work, each in its
+        own SAVEPOINT (an exception undoes that piece only and is raised in its own thread), then
+        COMMITs once. No thread returns before the COMMIT that holds its work is on disk.
+        """
+        item = _Work(work)
+        with self._queue_lock:
+            self._queue.append(item)
+        with self._lock:
+            if not item.done:
+                with self._queue_lock:
+                    batch, self._queue = self._queue, []
+                self._run_batch(batch)
+        if item.error is not None:
+            raise item.error
+        return cast(T, item.result)
+
+    def _run_batch(self, batch: list[_Work]) -> None:
+        db = self._db
+        try:
+            db.execute("BEGIN IMMEDIATE")
+            for item in batch:
+                db.execute("SAVEPOINT work")
+                try:
+                    item.result = item.work(db)
+                    db.execute("RELEASE work")
+                except Exception as e:
+                    db.execute("ROLLBACK TO work")
+                    db.execute("RELEASE work")
+                    item.error = e
+            db.execute("COMMIT")
+        except BaseException as e:
+            if db.in_transaction:
+                db.execute("ROLLBACK")
+            for item in batch:  # nothing of the batch is on disk: every piece fails
+                item.error = item.error or e
+            if not isinstance(e, Exception):
+                raise
+        finally:
+            for item in batch:
+                item.done = True
 
     def _connect(self) -> sqlite3.Connection:
         db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)

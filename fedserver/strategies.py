@@ -49,6 +49,7 @@ class WeightedSum:
 
     def __init__(self, shapes: Mapping[str, tuple[int, ...]]) -> None:
         self._sum = {name: np.zeros(shape, dtype=np.float64) for name, shape in shapes.items()}
+        self._buffers: dict[str, np.ndarray] = {}
         self.total_weight = 0.0
         self.count = 0
 
@@ -61,6 +62,32 @@ class WeightedSum:
         for name, acc in self._sum.items():
             # In place, one float64 temporary: the peak stays at a few module sizes.
             acc += np.multiply(delta[name], weight, dtype=np.float64)
+        self.total_weight += weight
+        self.count += 1
+
+    def add_update(
+        self,
+        update: Mapping[str, np.ndarray],
+        global_weights: Mapping[str, np.ndarray],
+        weight: float,
+        clip_norm: float,
+    ) -> None:
+        """Add `weight * clip(update - global_weights)`: bitwise what `add(clip_delta(module_delta(...)))` gives,
+        with one reused float64 buffer per tensor instead of three fresh ones when clipping is off."""
+        if clip_norm > 0:
+            self.add(clip_delta(module_delta(update, global_weights), clip_norm), weight)
+            return
+        if not weight > 0 or not math.isfinite(weight):
+            raise ValueError(f"an update's weight must be positive and finite, got {weight}")
+        if set(update) != set(self._sum):
+            raise ValueError("the update's tensor names differ from the accumulator's")
+        for name, acc in self._sum.items():
+            buffer = self._buffers.get(name)
+            if buffer is None:
+                buffer = self._buffers[name] = np.empty_like(acc)
+            np.subtract(update[name], global_weights[name], out=buffer, dtype=np.float64)
+            buffer *= weight
+            acc += buffer
         self.total_weight += weight
         self.count += 1
 
