@@ -49,12 +49,12 @@ class ServerProcess:
     """`python -m fedyolo.fedserver` in a subprocess, killed with SIGKILL and started again."""
 
     def __init__(
-        self, bundle: Path, state: Path, port: int, min_clients: int, rounds: int, log: Path
+        self, bundle: Path, state: Path, port: int, min_clients: int, rounds: int, log: Path, workers: int
     ) -> None:
         self.args = [
             sys.executable, "-m", "fedyolo.fedserver", str(bundle), "--state-dir", str(state),
             "--port", str(port), "--min-clients", str(min_clients), "--rounds", str(rounds),
-            "--enroll-key", ENROLL_KEY, "--log-level", "info",
+            "--enroll-key", ENROLL_KEY, "--log-level", "info", "--workers", str(workers),
         ]  # fmt: skip
         self.url = f"http://127.0.0.1:{port}"
         self.log = log
@@ -62,7 +62,8 @@ class ServerProcess:
 
     def start(self) -> None:
         with open(self.log, "ab") as log:
-            self.proc = subprocess.Popen(self.args, stdout=log, stderr=log)
+            # A session of its own: SIGKILL goes to the whole group, the worker processes included.
+            self.proc = subprocess.Popen(self.args, stdout=log, stderr=log, start_new_session=True)
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:
             assert self.proc.poll() is None, self.log.read_text()[-3000:]
@@ -75,12 +76,13 @@ class ServerProcess:
 
     def kill(self) -> None:
         assert self.proc is not None
-        os.kill(self.proc.pid, signal.SIGKILL)
+        os.killpg(self.proc.pid, signal.SIGKILL)
         self.proc.wait(timeout=10)
+        time.sleep(0.2)  # let the kernel reap the workers and free the port
 
     def stop(self) -> None:
         if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
+            os.killpg(self.proc.pid, signal.SIGTERM)
             self.proc.wait(timeout=15)
 
 
@@ -130,7 +132,8 @@ def uploader(url: str, token: str, client_id: int, task, stop: threading.Event, 
 
 
 @pytest.mark.slow
-def test_sigkill_during_uploads_and_aggregation_loses_nothing(tmp_path: Path) -> None:
+@pytest.mark.parametrize("workers", [1, 2])
+def test_sigkill_during_uploads_and_aggregation_loses_nothing(tmp_path: Path, workers: int) -> None:
     # Prepare: a 320 KB module, so that aggregation takes long enough to be killed in.
     bundle = build_bundle(tmp_path / "bundle", tasks={"topics": ADAPTER_MODULE})
     state = tmp_path / "state"
@@ -138,7 +141,7 @@ def test_sigkill_during_uploads_and_aggregation_loses_nothing(tmp_path: Path) ->
         bundle_dir=bundle, state_dir=state, rounds=10_000, min_clients=3, enroll_key=ENROLL_KEY
     )
     server = ServerProcess(
-        bundle, state, free_port(), config.min_clients, config.rounds, tmp_path / "server.log"
+        bundle, state, free_port(), config.min_clients, config.rounds, tmp_path / "server.log", workers
     )
     server.start()
     task = task_spec(bundle)
@@ -157,7 +160,7 @@ def test_sigkill_during_uploads_and_aggregation_loses_nothing(tmp_path: Path) ->
     try:
         for t in threads:
             t.start()
-        for _ in range(KILLS):
+        for _ in range(KILLS if workers == 1 else KILLS // 2):
             time.sleep(rng.uniform(0.3, 1.2))
             server.kill()
             server.start()
