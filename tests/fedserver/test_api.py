@@ -306,3 +306,32 @@ def test_openapi_is_published_and_errors_are_documented(api: Api) -> None:
     assert "application/octet-stream" in upload["requestBody"]["content"]
     assert {"401", "404", "409", "413", "422"} <= set(upload["responses"])
     assert json.dumps(spec)  # serialisable as published
+
+
+def test_long_poll_answers_when_the_next_round_opens_or_when_its_wait_is_over(make_api: Any) -> None:
+    # Prepare: round 1 closes with this client's update; the long poll asks for anything newer than 1.
+    import threading
+    import time
+
+    api = make_api(min_clients=1, max_long_poll_s=5.0)
+    auth = api.register()
+    started = time.monotonic()
+    waited: dict[str, Any] = {}
+
+    def poll() -> None:
+        response = api.http.get("/v1/tasks/topics/round?newer_than=1&wait_s=5", headers=auth)
+        waited["info"], waited["s"] = response.json(), time.monotonic() - started
+
+    # Execute
+    quiet_start = time.monotonic()
+    quiet = api.http.get("/v1/tasks/language/round?newer_than=1&wait_s=0.3", headers=auth).json()
+    quiet_s = time.monotonic() - quiet_start
+    thread = threading.Thread(target=poll)
+    thread.start()
+    time.sleep(0.3)
+    api.upload(auth, 1, random_module(api.task, 1))
+    thread.join(timeout=10)
+    # Assert
+    assert quiet["round"] == 1 and 0.25 <= quiet_s < 3  # nothing happened: answered after its wait
+    assert waited["info"]["round"] == 2 and waited["info"]["status"] == "open"
+    assert 0.3 <= waited["s"] < 4  # woken by the commit, not by the 5 s timeout
