@@ -39,6 +39,7 @@ from fedyolo.runtime.wire import encode_module
 
 KEY = "server-load-benchmark-key-0001"
 RESULTS = Path(__file__).parent / "results" / "server_load.json"
+_load_at_start: list[float] = []
 
 
 def free_port() -> int:
@@ -108,6 +109,8 @@ def main() -> None:
     p.add_argument("--out", type=Path, default=RESULTS)
     args = p.parse_args()
 
+    global _load_at_start
+    _load_at_start = [round(x, 2) for x in os.getloadavg()]  # other work on the machine skews the figures
     work = Path(tempfile.mkdtemp(prefix="fedyolo-load-", dir=args.work_dir))
     bundle = open_bundle(build_bundle(work / "bundle", tasks={"topics": ADAPTER_MODULE}))
     task = bundle.task("topics")
@@ -227,6 +230,7 @@ def main() -> None:
             "logical_cores": os.cpu_count(),
             "platform": platform.platform(),
             "note": "server and load generator share these cores",
+            "load_average_at_start": _load_at_start,
         },
         "versions": {
             "python": platform.python_version(),
