@@ -197,7 +197,7 @@ def main() -> None:
     span = committed[-1][2] - first_received if committed else float("nan")
     lat = sorted(out["latency"])
     result = {
-        "question": "uploads/s accepted and aggregated by one fedserver process over loopback, 320 KB updates",
+        "question": "uploads/s accepted and aggregated by one fedserver (server_workers processes) over loopback, 320 KB updates",
         "command": " ".join([Path(sys.executable).name, *sys.argv]),
         "clients": args.clients,
         "module_bytes": task.module_bytes,
