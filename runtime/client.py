@@ -279,8 +279,14 @@ class FederationClient:
         return open_bundle(cache, tasks=tasks)
 
     def _fetch_missing(self, cache: Path, wanted: list[dict[str, Any]]) -> None:
+        root = cache.resolve()
         for f in wanted:
             entry, dest = FileEntry(sha256=f["sha256"], bytes=f["bytes"]), cache / f["path"]
+            if Path(f["path"]).is_absolute() or not dest.resolve().is_relative_to(root):
+                # a hostile or broken server must not make the client write outside its cache
+                raise FederationError(
+                    "bad_listing", f"the server listed a file outside the bundle: {f['path']!r}"
+                )
             if dest.is_file() and dest.stat().st_size == entry.bytes and sha256_file(dest) == entry.sha256:
                 continue
             got = [0]

@@ -400,3 +400,27 @@ def test_status_command_prints_rounds_clients_and_bytes(
         status_command(url)
     out = capsys.readouterr().out
     assert "topics" in out and "1 clients registered" in out and "MB" in out
+
+
+def test_a_listing_that_points_outside_the_cache_is_refused(tmp_path: Path) -> None:
+    # Prepare: a hostile server whose bundle listing names a file outside the bundle
+    import httpx
+
+    from fedyolo.runtime.client import FederationClient
+    from fedyolo.runtime.http_transport import FederationError
+
+    listing = {"files": [{"path": "../../escaped.txt", "sha256": "0" * 64, "bytes": 4}]}
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        if request.url.path == "/v1/bundle":
+            return httpx.Response(200, json=listing)
+        return httpx.Response(200, content=b"evil")
+
+    client = FederationClient(
+        "http://hostile", state_dir=tmp_path / "state", transport=httpx.MockTransport(handler)
+    )
+
+    # Execute / Assert
+    with pytest.raises(FederationError, match="outside the bundle"):
+        client.sync_bundle(tmp_path / "cache")
+    assert not (tmp_path / "escaped.txt").exists()
