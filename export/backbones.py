@@ -38,6 +38,18 @@ class Backbone:
     num_layers: int
     tokenizer_path: Path | None  # tokenizer.json for text backbones
     image_shape: tuple[int, ...] = ()
+    normalize_embeddings: bool = False  # a sentence-transformers model whose embedding is L2-normalised
+
+
+def has_normalize_module(path: Path) -> bool:
+    """Whether a sentence-transformers directory ends its pipeline with `Normalize` (modules.json)."""
+    try:
+        modules = json.loads((path / "modules.json").read_text())
+    except (OSError, json.JSONDecodeError):
+        return False
+    return isinstance(modules, list) and any(
+        isinstance(m, dict) and str(m.get("type", "")).endswith(".Normalize") for m in modules
+    )
 
 
 def minilm_path() -> Path:
@@ -178,4 +190,13 @@ def load_backbone(spec: str = DEFAULT_BACKBONE, seed: int = 0) -> Backbone:
             "(`AutoTokenizer.from_pretrained(...).save_pretrained(dir)`)"
         )
     name = "all-MiniLM-L6-v2" if spec == DEFAULT_BACKBONE else path.name
-    return Backbone(name, model, "text", model_type, hidden, layers, tokenizer)
+    return Backbone(
+        name,
+        model,
+        "text",
+        model_type,
+        hidden,
+        layers,
+        tokenizer,
+        normalize_embeddings=has_normalize_module(path),
+    )

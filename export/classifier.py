@@ -8,6 +8,7 @@ from typing import Any
 from torch import nn
 
 from fedyolo.export.backbones import Backbone
+from fedyolo.runtime.errors import FedyoloError
 
 
 class TaskModel(nn.Module):
@@ -20,6 +21,10 @@ class TaskModel(nn.Module):
         self.backbone: Any = backbone.model  # a transformers model: its call signature is per architecture
         self.head = nn.Linear(backbone.hidden_size, num_labels)
         self.prompt: nn.Parameter | None = None
+        # Sentence-transformers models (MiniLM) define their embedding as mean pooling + L2 normalisation;
+        # the head reads that embedding, scaled by sqrt(hidden) so each feature has unit RMS.
+        self.normalize = backbone.normalize_embeddings
+        self.feature_scale = float(backbone.hidden_size) ** 0.5
         # ORT 1.19's GatherGrad mis-reads a [1, seq] position gather broadcast over the batch, which
         # corrupts embedding gradients when the backbone trains (`full`). Positions given per example
         # ([batch, seq]) avoid the broadcast; only for backbones whose positions are 0..seq-1.
@@ -48,6 +53,8 @@ class TaskModel(nn.Module):
             hidden = self.backbone(inputs_embeds=embeds, attention_mask=mask).last_hidden_state
         weights = mask.unsqueeze(-1).to(hidden.dtype)  # [batch, seq', 1]
         pooled = (hidden * weights).sum(1) / weights.sum(1).clamp(min=1e-9)  # [batch, hidden]
+        if self.normalize:  # the backbone's own sentence embedding, rescaled to unit RMS per feature
+            pooled = self.feature_scale * nn.functional.normalize(pooled, dim=-1)
         logits: torch.Tensor = self.head(pooled)  # [batch, labels]
         return logits
 
@@ -96,7 +103,7 @@ def transformer_layers(model: nn.Module, hidden_size: int) -> list[dict[str, str
                 layers.append(roles)
         if layers:
             return layers
-    raise ValueError(
+    raise FedyoloError(
         "could not find transformer layers (q, k, v, output, feed-forward linears) in the backbone; "
         "supported are BERT-, RoBERTa-, DistilBERT- and ViT-style encoders"
     )
