@@ -64,6 +64,7 @@ class TaskExport:
     labels: tuple[str, ...]
     optimizer: str
     max_length: int
+    wire_dtype: str = "float32"  # module weights on the wire: float32, or float16 for half the bytes
 
 
 def _backbone_spec(
@@ -182,6 +183,7 @@ def write_task(
         trainable=tuple(TensorSpec(n, tuple(params[n].shape)) for n in artifacts.trainable),
         optimizer=task.optimizer,
         files=files,
+        wire_dtype=task.wire_dtype,
         loss_output=_loss_output(artifacts.directory / EVAL_MODEL),
     )
 

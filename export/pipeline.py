@@ -22,6 +22,7 @@ from fedyolo.export.modules import get_kind, make_config
 from fedyolo.export.onnx_export import OPTIMIZERS, export_training_artifacts
 from fedyolo.runtime.errors import FedyoloError
 from fedyolo.runtime.manifest import Manifest, check_task_id
+from fedyolo.runtime.wire import WIRE_DTYPES
 
 log = logging.getLogger(__name__)
 
@@ -55,9 +56,15 @@ def export_onnx(
     seed: int = 0,
     force: bool = False,
     show_progress: bool = True,
+    wire_dtype: str = "float32",
 ) -> Manifest:
-    """Export one task into the bundle at `out` (created, or extended with the backbone reused)."""
+    """Export one task into the bundle at `out` (created, or extended with the backbone reused).
+
+    wire_dtype: how module weights travel between clients and server (float32 or float16).
+    """
     check_task_id(task_id)
+    if wire_dtype not in WIRE_DTYPES:
+        raise FedyoloError(f"unknown wire dtype {wire_dtype!r}; choose one of: {', '.join(WIRE_DTYPES)}")
     if len(labels) < 2:
         raise FedyoloError(f"task {task_id!r} has {len(labels)} label(s); a classifier needs at least 2")
     if optimizer not in OPTIMIZERS:
@@ -86,7 +93,7 @@ def export_onnx(
             task_tmp.mkdir()
             artifacts = export_training_artifacts(model, task_tmp, optimizer, max_length, bb.image_shape)
             progress.update(step, advance=1, description=f"writing bundle {out}")
-            task = TaskExport(task_id, module, config, tuple(labels), optimizer, max_length)
+            task = TaskExport(task_id, module, config, tuple(labels), optimizer, max_length, wire_dtype)
             manifest = write_task(out, bb, layout, model, artifacts, task, force=force)
         progress.update(step, advance=1)
     spec = manifest.tasks[task_id]

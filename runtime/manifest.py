@@ -109,7 +109,13 @@ class TaskSpec:
 
     @property
     def module_bytes(self) -> int:
+        """fp32 bytes of the module: what it weighs in memory."""
         return 4 * self.module_numel
+
+    @property
+    def wire_bytes(self) -> int:
+        """Tensor bytes of one module transfer in the manifest's wire dtype (safetensors adds a header)."""
+        return (2 if self.wire_dtype == "float16" else 4) * self.module_numel
 
 
 @dataclass(frozen=True)
