@@ -258,6 +258,7 @@ def main() -> None:
                 "ort_over_pytorch_step": ort["median_ms"] / eager["median_ms"],
                 "ort_over_fp32_floor": ort["median_ms"] / floor_ms,
                 "module_over_full_model_bytes": spec.module_bytes / full_bytes,
+                "module_fp16_wire_over_full_model_bytes": 2 * spec.module_numel / full_bytes,
             },
             "bytes": {
                 "module": spec.module_bytes,
@@ -283,6 +284,10 @@ def main() -> None:
     print(
         f"module {spec.module_bytes / 1e3:.1f} KB vs full model {full_bytes / 1e6:.1f} MB: 1/{1 / r['module_over_full_model_bytes']:.0f}"
         " (target <= 1/300)"
+    )
+    print(
+        f"  with --wire-dtype float16: {2 * spec.module_numel / 1e3:.1f} KB per transfer, "
+        f"1/{1 / r['module_fp16_wire_over_full_model_bytes']:.0f}"
     )
     print(
         f"peak RSS: one task {one['peak_rss_mb']:.0f} MB, two tasks {two['peak_rss_mb']:.0f} MB shared backbone, "
