@@ -1,0 +1,240 @@
+"""`fedyolo simulate`: many federated clients in one process, with the server's and the client's own code.
+
+No second implementation of the math: each simulated client trains with the real client's
+`train_round`, its update goes through the wire format both ways, and the round is aggregated with the
+server's `WeightedSum`, `module_delta`, `clip_delta` and strategy functions, in the server's order.
+One `OrtTrainer` per task (over one `SharedBackbone`) serves every client in turn through
+`set_module`: a client is its data and its random stream, not a model in memory.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from fedyolo.fedserver.strategies import (
+    STRATEGIES,
+    StrategyParams,
+    StrategyState,
+    WeightedSum,
+    clip_delta,
+    module_delta,
+)
+from fedyolo.runtime.client import train_round
+from fedyolo.runtime.errors import FedyoloError
+from fedyolo.runtime.local import Arrays, evaluate_arrays
+from fedyolo.runtime.manifest import TaskSpec
+from fedyolo.runtime.trainer import Trainer
+from fedyolo.runtime.wire import ModuleWeights, decode_module, encode_module
+
+
+@dataclass(frozen=True)
+class FederationSettings:
+    """Per-run settings, as the server would hand them to its clients round after round."""
+
+    rounds: int
+    local_epochs: int
+    lr: float
+    batch_size: int
+    fraction: float = 1.0
+    strategy: str = "fedavg"
+    strategy_params: StrategyParams = field(default_factory=StrategyParams)
+    proximal_mu: float = 0.0
+    clip_norm: float = 0.0
+    seed: int = 0
+    eval_every: int = 1
+
+    def __post_init__(self) -> None:
+        if self.rounds < 1 or self.local_epochs < 1 or self.batch_size < 1:
+            raise FedyoloError("rounds, local epochs and batch size must be at least 1")
+        if not 0.0 < self.fraction <= 1.0:
+            raise FedyoloError(f"fraction {self.fraction} is not in (0, 1]; e.g. 0.1 samples 10% a round")
+        if self.strategy not in STRATEGIES:
+            raise FedyoloError(f"unknown strategy {self.strategy!r}; choose one of {', '.join(STRATEGIES)}")
+
+    def round_info(self) -> dict[str, Any]:
+        """What `GET /v1/tasks/{t}/round` tells a real client."""
+        return {
+            "local_epochs": self.local_epochs,
+            "lr": self.lr,
+            "batch_size": self.batch_size,
+            "proximal_mu": self.proximal_mu,
+        }
+
+
+@dataclass(frozen=True)
+class RoundRecord:
+    """One simulated round: who took part, what it cost on the wire, and the new global module's accuracy."""
+
+    round: int
+    clients: tuple[int, ...]
+    examples: int
+    train_loss: float
+    accuracy: float | None  # held-out, of the module committed at the end of the round
+    loss: float | None
+    upload_bytes: int
+    download_bytes: int
+    seconds: float
+
+
+def sample_clients(n_clients: int, fraction: float, round_id: int, seed: int) -> list[int]:
+    """The clients of round `round_id`: max(1, round(fraction * n)) of them, drawn without replacement
+    from a generator seeded by (seed, round), so a round's choice never depends on earlier rounds."""
+    k = max(1, min(n_clients, round(fraction * n_clients)))
+    rng = np.random.default_rng([seed, round_id])
+    return sorted(int(c) for c in rng.choice(n_clients, size=k, replace=False))
+
+
+def wire(weights: ModuleWeights, task: TaskSpec) -> tuple[ModuleWeights, int]:
+    """Weights as the other side reads them (through safetensors and the wire dtype) and the bytes sent."""
+    body = encode_module(weights, task)
+    return decode_module(body, task), len(body)
+
+
+def run_federation(
+    trainer: Trainer,
+    initial: ModuleWeights,
+    clients: Sequence[Arrays],
+    settings: FederationSettings,
+    test: Arrays | None = None,
+    on_round: Callable[[RoundRecord], None] | None = None,
+    on_update: Callable[[int, int, ModuleWeights, int], None] | None = None,
+    on_step: Callable[[int, int, float], None] | None = None,
+) -> tuple[ModuleWeights, list[RoundRecord]]:
+    """Run `settings.rounds` rounds over `clients` (one array set each); returns the final global module.
+
+    on_update(round, client, weights, examples): each update as the server receives it.
+    """
+    task = trainer.task
+    strategy = STRATEGIES[settings.strategy]
+    global_weights, _ = wire(initial, task)
+    state = StrategyState()
+    records = []
+    for r in range(1, settings.rounds + 1):
+        start = time.perf_counter()
+        chosen = sample_clients(len(clients), settings.fraction, r, settings.seed)
+        acc = WeightedSum({t.name: t.shape for t in task.trainable})
+        losses, up, down = [], 0, 0
+        for c in chosen:
+            received, n_down = wire(global_weights, task)  # the client downloads the global module
+            rng = np.random.default_rng([settings.seed, r, c])
+            examples, metrics = train_round(
+                trainer, received, clients[c], settings.round_info(), rng, on_step=on_step
+            )
+            update, n_up = wire(trainer.get_module(), task)  # and uploads its trained one
+            acc.add(clip_delta(module_delta(update, global_weights), settings.clip_norm), examples)
+            losses.append(metrics.get("train_loss", math.nan))
+            up, down = up + n_up, down + n_down
+            if on_update is not None:
+                on_update(r, c, update, examples)
+        new, state = strategy(global_weights, acc.mean(), state, settings.strategy_params)
+        global_weights, _ = wire(new, task)  # the server commits it through the wire format too
+        result = None
+        if test is not None and (r % settings.eval_every == 0 or r == settings.rounds):
+            trainer.set_module(global_weights)
+            result = evaluate_arrays(trainer, test)
+        record = RoundRecord(
+            round=r,
+            clients=tuple(chosen),
+            examples=int(acc.total_weight),
+            train_loss=float(np.mean(losses)),
+            accuracy=None if result is None else result.accuracy,
+            loss=None if result is None else result.loss,
+            upload_bytes=up,
+            download_bytes=down,
+            seconds=time.perf_counter() - start,
+        )
+        records.append(record)
+        if on_round is not None:
+            on_round(record)
+    return global_weights, records
+
+
+def simulate_command(
+    tasks: Sequence[str],
+    clients: int,
+    fraction: float,
+    alpha: float,
+    rounds: int,
+    local_epochs: int,
+    module: str,
+    backbone: str,
+    out: Path,
+    lr: float,
+    batch_size: int,
+    max_length: int,
+    train_per_task: int,
+    test_per_task: int,
+    strategy: str,
+    seed: int,
+    eval_every: int,
+) -> dict[str, Any]:
+    """Export (or reuse) the bundle, then simulate each task's federation; print a table, write JSON."""
+    from rich.console import Console
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TaskID,
+        TextColumn,
+        TimeElapsedColumn,
+    )
+    from rich.table import Table
+
+    from fedyolo.demo.plan import encode_plan, ensure_bundle, initial_module, plan_task
+    from fedyolo.runtime.ort_trainer import OrtTrainer, SharedBackbone
+
+    console = Console()
+    settings = FederationSettings(
+        rounds, local_epochs, lr, batch_size, fraction, strategy, seed=seed, eval_every=max(1, eval_every)
+    )
+    plans = [plan_task(t, clients, alpha, seed, train_per_task, test_per_task) for t in tasks]
+    bundle, exported = ensure_bundle(out / "bundle", plans, backbone, module, max_length, seed)
+    console.print(
+        f"{'exported' if exported else 'reusing'} bundle {out / 'bundle'}; {clients} clients, "
+        f"{fraction:g} of them a round, alpha {alpha:g}, {rounds} rounds x {local_epochs} local epochs"
+    )
+    shared = SharedBackbone(bundle)
+    results: dict[str, Any] = {"settings": asdict(settings), "alpha": alpha, "clients": clients, "tasks": {}}
+    for plan in plans:
+        trainer = OrtTrainer(bundle, plan.task_id, backbone=shared, lr=lr)
+        client_arrays, test = encode_plan(bundle, plan)
+        initial = initial_module(bundle, plan.task_id)
+        table = Table(title=f"{plan.task_id}: {plan.train_used} train examples among {clients} clients")
+        for column in ("round", "clients", "examples", "train loss", "held-out acc", "s"):
+            table.add_column(column, justify="right")
+        columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
+        with Progress(*columns, console=console, transient=True) as progress:
+            bar = progress.add_task(f"{plan.task_id} rounds", total=rounds)
+
+            def on_round(rec: RoundRecord, table: Table = table, bar: TaskID = bar) -> None:
+                acc = "-" if rec.accuracy is None else f"{rec.accuracy:.1%}"
+                table.add_row(
+                    str(rec.round),
+                    str(len(rec.clients)),
+                    str(rec.examples),
+                    f"{rec.train_loss:.3f}",
+                    acc,
+                    f"{rec.seconds:.1f}",
+                )
+                progress.advance(bar)
+
+            _, records = run_federation(trainer, initial, client_arrays, settings, test, on_round)
+        console.print(table)
+        results["tasks"][plan.task_id] = {
+            "train_examples": plan.train_used,
+            "train_available": plan.train_available,
+            "test_examples": len(plan.test),
+            "rounds": [asdict(r) for r in records],
+        }
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "simulate.json").write_text(json.dumps(results, indent=1))
+    console.print(f"results: {out / 'simulate.json'}")
+    return results
