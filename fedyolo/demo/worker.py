@@ -1,0 +1,57 @@
+"""What the demo's own worker processes (the observer, the baseline workers) are given, and how they
+answer: a JSON plan file in, JSON-line events out.
+
+Workers are processes, not threads, because ONNX Runtime training holds the GIL during a step: in the
+orchestrator it would freeze the progress display and the watch over the clients.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+
+@dataclass(frozen=True)
+class WorkerPlan:
+    """The run as the workers need it (written once by the orchestrator, read by every worker)."""
+
+    url: str
+    bundle: str
+    data_dir: str
+    tasks: list[str]
+    clients: int
+    baseline_epochs: int
+    lr: float
+    batch_size: int
+    seed: int
+    events_dir: str
+    state_dir: str
+
+    def write(self, path: Path) -> None:
+        path.write_text(json.dumps(asdict(self), indent=1))
+
+    @classmethod
+    def read(cls, path: Path) -> WorkerPlan:
+        return cls(**json.loads(path.read_text()))
+
+    def baseline_runs(self) -> list[tuple[str, int]]:
+        """Every (task, client) the fully-local baseline trains, in a fixed order."""
+        return [(task, c) for task in self.tasks for c in range(self.clients)]
+
+
+class Events:
+    """Append-only JSON lines; each line is flushed whole, so a reader never sees half an event."""
+
+    def __init__(self, path: Path) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self._f = path.open("a", encoding="utf-8")
+
+    def emit(self, event: str, **fields: Any) -> None:
+        self._f.write(json.dumps({"event": event, "time": time.time(), **fields}) + "\n")
+        self._f.flush()
+
+    def close(self) -> None:
+        self._f.close()
