@@ -6,7 +6,6 @@ A known error (FedyoloError) prints one line and exits non-zero, never a traceba
 
 from __future__ import annotations
 
-import importlib
 import json
 import logging
 import sys
@@ -145,25 +144,230 @@ def train_cmd(
     train_command(bundle, task, data, test_data, epochs, lr, batch_size, seed, save)
 
 
-OPTIONAL_COMMANDS = ("fedyolo.fedserver.cli",)  # modules with a `register(app)`, where installed
+def _verify(ca_cert: Path | None, insecure: bool) -> bool | Path:
+    """httpx's `verify` from the TLS options: a CA file, off, or the system's CAs."""
+    if insecure:
+        return False
+    return ca_cert if ca_cert is not None else True
 
 
-def _mount_optional() -> None:
-    """Server and client commands live with their parts; mount them when present."""
-    for name in OPTIONAL_COMMANDS:
-        try:
-            part = importlib.import_module(name)
-        except ModuleNotFoundError as e:
-            if e.name != name:  # the part is there but broken: say so, do not hide its commands
-                raise
-            continue
-        part.register(app)
+@app.command("serve")
+def serve_cmd(
+    bundle: Annotated[Path, typer.Argument(help="bundle folder: every task in it gets rounds")],
+    host: Annotated[
+        str, typer.Option(help="address to listen on (127.0.0.1: this machine only)")
+    ] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="TCP port")] = 8080,
+    rounds: Annotated[int, typer.Option(min=1, help="rounds per task")] = 20,
+    min_clients: Annotated[int, typer.Option(min=1, help="updates that close a round")] = 3,
+    strategy: Annotated[str, typer.Option(help="fedavg, fedavgm or fedadam")] = "fedavg",
+    server_lr: Annotated[float | None, typer.Option(help="server learning rate (strategy default)")] = None,
+    enroll_key: Annotated[
+        str | None,
+        typer.Option(envvar="FEDYOLO_ENROLL_KEY", help="key devices register with (default: generated)"),
+    ] = None,
+    state_dir: Annotated[
+        Path | None, typer.Option(help="database + blobs (default: <bundle>.fedserver)")
+    ] = None,
+    deadline_s: Annotated[float, typer.Option(help="a round open this long closes with what it has")] = 600.0,
+    local_epochs: Annotated[int, typer.Option(min=1, help="epochs each client trains a round")] = 1,
+    lr: Annotated[float, typer.Option(help="clients' learning rate")] = 1e-3,
+    batch_size: Annotated[int, typer.Option(min=1, help="clients' batch size")] = 8,
+    proximal_mu: Annotated[float, typer.Option(help="FedProx term; 0 is FedAvg")] = 0.0,
+    clip_norm: Annotated[float, typer.Option(help="clip each update's change to this L2 norm; 0 off")] = 0.0,
+    max_update_bytes: Annotated[int, typer.Option(help="upload cap; 0: the module size + header")] = 0,
+    ssl_certfile: Annotated[Path | None, typer.Option(help="TLS certificate (with --ssl-keyfile)")] = None,
+    ssl_keyfile: Annotated[Path | None, typer.Option(help="TLS private key")] = None,
+    log_level: Annotated[str, typer.Option(help="debug, info, warning")] = "info",
+    workers: Annotated[int, typer.Option(min=1, help="server processes (each uses a core)")] = 1,
+) -> None:
+    """Serve federated rounds for every task of a bundle (HTTP/JSON, SQLite + blobs, durable)."""
+    from fedyolo.fedserver.serve import serve_command
+
+    serve_command(
+        bundle,
+        host=host,
+        port=port,
+        rounds=rounds,
+        min_clients=min_clients,
+        strategy=strategy,
+        enroll_key=enroll_key,
+        state_dir=state_dir,
+        deadline_s=deadline_s,
+        local_epochs=local_epochs,
+        lr=lr,
+        batch_size=batch_size,
+        proximal_mu=proximal_mu,
+        clip_norm=clip_norm,
+        max_update_bytes=max_update_bytes,
+        server_lr=server_lr,
+        ssl_certfile=ssl_certfile,
+        ssl_keyfile=ssl_keyfile,
+        log_level=log_level,
+        workers=workers,
+    )
+
+
+@app.command("client")
+def client_cmd(
+    url: Annotated[str, typer.Argument(help="server URL, e.g. http://127.0.0.1:8080")],
+    task: Annotated[str, typer.Option(help="task id to train")],
+    data: Annotated[Path, typer.Option(help="this client's examples (JSONL/CSV; .npz for images)")],
+    enroll_key: Annotated[
+        str | None,
+        typer.Option(envvar="FEDYOLO_ENROLL_KEY", help="the server's enrollment key (first run only)"),
+    ] = None,
+    name: Annotated[str, typer.Option(help="client name; one state dir per name")] = "default",
+    state_dir: Annotated[
+        Path | None, typer.Option(help="token + pending update (default: ~/.fedyolo/clients/<name>)")
+    ] = None,
+    cache_dir: Annotated[
+        Path | None, typer.Option(help="bundle cache shared by this device's clients")
+    ] = None,
+    rounds: Annotated[int | None, typer.Option(min=1, help="stop after this many accepted updates")] = None,
+    threads: Annotated[int, typer.Option(min=0, help="ONNX Runtime threads; 0: one per core")] = 0,
+    ca_cert: Annotated[Path | None, typer.Option(help="CA or self-signed certificate of the server")] = None,
+    insecure: Annotated[bool, typer.Option(help="do not verify the server's TLS certificate")] = False,
+) -> None:
+    """Join a federation: register once, fetch the bundle once, then train and upload round after round."""
+    from fedyolo.runtime.bundle import Bundle
+    from fedyolo.runtime.client import client_command
+    from fedyolo.runtime.ort_trainer import OrtTrainer
+    from fedyolo.runtime.train_command import load_arrays
+
+    def trainer_factory(bundle: Bundle, task_id: str) -> OrtTrainer:
+        return OrtTrainer(bundle, task_id, threads=threads)
+
+    client_command(
+        url,
+        task,
+        data,
+        enroll_key=enroll_key,
+        state_dir=state_dir,
+        trainer_factory=trainer_factory,
+        data_loader=load_arrays,
+        rounds=rounds,
+        cache_dir=cache_dir,
+        name=name,
+        verify=_verify(ca_cert, insecure),
+    )
+
+
+@app.command("status")
+def status_cmd(
+    url: Annotated[str, typer.Argument(help="server URL")],
+    ca_cert: Annotated[Path | None, typer.Option(help="CA or self-signed certificate of the server")] = None,
+    insecure: Annotated[bool, typer.Option(help="do not verify the server's TLS certificate")] = False,
+) -> None:
+    """A server's tasks: round, clients, accuracy and bytes received."""
+    from fedyolo.runtime.client import status_command
+
+    status_command(url, verify=_verify(ca_cert, insecure))
+
+
+def _task_list(tasks: str) -> tuple[str, ...]:
+    return tuple(t.strip() for t in tasks.split(",") if t.strip())
+
+
+@app.command("demo")
+def demo_cmd(
+    clients: Annotated[int, typer.Option(min=1, help="client processes per task")] = 4,
+    alpha: Annotated[float, typer.Option(help="Dirichlet concentration: 0.1 skewed, 10 near IID")] = 1.0,
+    rounds: Annotated[int, typer.Option(min=1, help="rounds per task")] = 4,
+    local_epochs: Annotated[int, typer.Option(min=1, help="epochs each client trains a round")] = 1,
+    module: Annotated[str, typer.Option(help="lora, adapter, prompt, head or full")] = "lora",
+    tasks: Annotated[
+        str, typer.Option(help="comma-separated: built-in tasks or JSONL/CSV files")
+    ] = "topics,language",
+    backbone: Annotated[str, typer.Option(help="minilm, tiny-bert, or a local HF dir")] = "minilm",
+    out: Annotated[Path, typer.Option(help="bundle, logs, results.json, demo.png")] = Path("demo_out"),
+    chaos: Annotated[bool, typer.Option(help="kill a client mid-round and send a NaN update")] = False,
+    seed: Annotated[int, typer.Option(help="partition, subsample and module seed")] = 0,
+    port: Annotated[int, typer.Option(help="server port on 127.0.0.1; 0 picks a free one")] = 0,
+    lr: Annotated[float, typer.Option(help="learning rate (AdamW), constant")] = 2e-3,
+    batch_size: Annotated[int, typer.Option(min=1)] = 16,
+    max_length: Annotated[int, typer.Option(min=2, help="tokens per example")] = 24,
+    train_per_task: Annotated[int, typer.Option(help="cut each train split to this many; 0: all")] = 1500,
+    test_per_task: Annotated[int, typer.Option(help="cut each test split to this many; 0: all")] = 600,
+    round_deadline: Annotated[
+        float, typer.Option(help="seconds before a round closes without everyone")
+    ] = 300.0,
+    timeout: Annotated[float, typer.Option(help="stop the whole demo after this many seconds")] = 1500.0,
+) -> None:
+    """A real federated run of each task over one frozen backbone: server and clients as processes."""
+    from fedyolo.demo.command import demo_command
+    from fedyolo.demo.orchestrate import DemoConfig
+
+    config = DemoConfig(
+        clients=clients,
+        alpha=alpha,
+        rounds=rounds,
+        local_epochs=local_epochs,
+        module=module,
+        tasks=_task_list(tasks),
+        backbone=backbone,
+        out=out,
+        chaos=chaos,
+        seed=seed,
+        port=port,
+        lr=lr,
+        batch_size=batch_size,
+        max_length=max_length,
+        train_per_task=train_per_task,
+        test_per_task=test_per_task,
+        round_deadline_s=round_deadline,
+        timeout_s=timeout,
+    )
+    demo_command(config)
+
+
+@app.command("simulate")
+def simulate_cmd(
+    clients: Annotated[int, typer.Option(min=1, help="simulated clients")] = 100,
+    fraction: Annotated[float, typer.Option(help="share of the clients sampled each round")] = 0.1,
+    alpha: Annotated[float, typer.Option(help="Dirichlet concentration: 0.1 skewed, 10 near IID")] = 1.0,
+    rounds: Annotated[int, typer.Option(min=1)] = 50,
+    local_epochs: Annotated[int, typer.Option(min=1)] = 1,
+    tasks: Annotated[str, typer.Option(help="comma-separated: built-in tasks or JSONL/CSV files")] = "topics",
+    module: Annotated[str, typer.Option(help="lora, adapter, prompt, head or full")] = "lora",
+    backbone: Annotated[str, typer.Option(help="minilm, tiny-bert, or a local HF dir")] = "minilm",
+    out: Annotated[Path, typer.Option(help="bundle and simulate.json")] = Path("simulate_out"),
+    lr: Annotated[float, typer.Option(help="clients' learning rate (AdamW), constant")] = 2e-3,
+    batch_size: Annotated[int, typer.Option(min=1)] = 16,
+    max_length: Annotated[int, typer.Option(min=2)] = 24,
+    train_per_task: Annotated[int, typer.Option(help="cut each train split to this many; 0: all")] = 0,
+    test_per_task: Annotated[int, typer.Option(help="cut each test split to this many; 0: all")] = 600,
+    strategy: Annotated[str, typer.Option(help="fedavg, fedavgm or fedadam")] = "fedavg",
+    seed: Annotated[int, typer.Option()] = 0,
+    eval_every: Annotated[int, typer.Option(min=1, help="evaluate the global module every n rounds")] = 5,
+) -> None:
+    """Many clients in one process, with the server's strategy functions and the client's training code."""
+    from fedyolo.simulate import simulate_command
+
+    simulate_command(
+        _task_list(tasks),
+        clients,
+        fraction,
+        alpha,
+        rounds,
+        local_epochs,
+        module,
+        backbone,
+        out,
+        lr,
+        batch_size,
+        max_length,
+        train_per_task,
+        test_per_task,
+        strategy,
+        seed,
+        eval_every,
+    )
 
 
 def main() -> None:
     """Entry point: run the app, turning known errors into one line and a non-zero exit."""
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    _mount_optional()
     try:
         app()
     except FedyoloError as e:

@@ -1,0 +1,89 @@
+"""`fedyolo serve`, `fedyolo client` and `fedyolo status` as a user runs them, in separate processes:
+a server over a tiny bundle, one client that trains a round on its own file, and the status table."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+
+from fedyolo.tasks import load_task, write_examples
+
+KEY = "a-test-enrollment-key-0001"
+
+
+def fedyolo(*args: str | Path, home: Path) -> subprocess.CompletedProcess[str]:
+    """The real CLI; FEDYOLO_HOME keeps its bundle cache and client state out of the user's home."""
+    env = {**os.environ, "COLUMNS": "150", "FEDYOLO_HOME": str(home)}
+    return subprocess.run(
+        [sys.executable, "-m", "fedyolo.cli", *map(str, args)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=env,
+    )
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def test_help_lists_the_federation_commands(tmp_path: Path) -> None:
+    done = fedyolo("--help", home=tmp_path)
+    assert done.returncode == 0, done.stderr
+    for command in ("serve", "client", "status", "demo", "simulate"):
+        assert command in done.stdout
+
+
+def test_serve_client_status_over_http(tmp_path: Path) -> None:
+    # Prepare: a one-task tiny bundle, a server needing one update for its one round, a client's data
+    from fedyolo.export.pipeline import export_onnx
+
+    task = load_task("topics")
+    export_onnx(
+        tmp_path / "bundle", "topics", task.labels, backbone="tiny-bert", max_length=16, show_progress=False
+    )
+    data = write_examples(task.train[:40], tmp_path / "mine.jsonl")
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    server = subprocess.Popen(
+        [sys.executable, "-m", "fedyolo.cli", "serve", str(tmp_path / "bundle"), "--port", str(port),
+         "--rounds", "1", "--min-clients", "1", "--enroll-key", KEY, "--state-dir", str(tmp_path / "state"),
+         "--log-level", "warning"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                if httpx.get(f"{url}/healthz", timeout=1).status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            assert server.poll() is None and time.monotonic() < deadline, "the server did not start"
+            time.sleep(0.2)
+
+        # Execute
+        client = fedyolo(
+            "client", url, "--task", "topics", "--data", data, "--enroll-key", KEY, "--threads", "1",
+            "--state-dir", tmp_path / "client", home=tmp_path,
+        )  # fmt: skip
+        status = fedyolo("status", url, home=tmp_path)
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+
+    # Assert
+    assert client.returncode == 0, client.stderr[-2000:]
+    assert "1 updates accepted for task 'topics'" in client.stderr
+    assert status.returncode == 0, status.stderr
+    assert "topics" in status.stdout and "finished" in status.stdout
