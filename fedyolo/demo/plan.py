@@ -138,11 +138,10 @@ def ensure_bundle(
                 return open_bundle(out), False  # verifies every hash: a damaged bundle is exported again
         except (FedyoloError, ValueError) as e:
             log.warning("bundle %s is unusable (%s); exporting it again", out, e)
-    # A load report and a weights bar per task are noise here; the env var must be set before the import.
+    # A load report and a weights bar per task are noise here; transformers reads these at its import.
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
     from fedyolo.export.pipeline import export_onnx  # torch: only when an export is needed
-
-    logging.getLogger("transformers").setLevel(logging.ERROR)
 
     recipe_path.unlink(missing_ok=True)
     if out.exists():
