@@ -107,14 +107,15 @@ def chaos_table(result: dict[str, Any]) -> Table | None:
             f"round {e.get('round')} closed with {closed['updates']}/{clients} updates" if closed else ""
         )
         if e["kind"] == "kill":
-            what = f"SIGKILL at {e['percent']} % of its round's training"
+            what = f"SIGKILL at {e['percent']} % of its training"
             outcome = f"restarted from its state dir; {closed_text}"
         elif e["kind"] == "restart":
             continue
         elif e["kind"] == "nan_update":
-            what = f"uploaded a module with NaN in {_short(e['tensor'])}"
+            what = "uploaded a module holding NaN"
+            detail = e["detail"].replace(e["tensor"], _short(e["tensor"]))
             outcome = (
-                f"refused: HTTP {e['status']} {e['code']} ({e['detail']}); {closed_text}"
+                f"refused: HTTP {e['status']} {e['code']} ({detail}); {closed_text}"
                 if e["refused"]
                 else "ACCEPTED (the server should have refused it)"
             )
