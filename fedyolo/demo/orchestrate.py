@@ -29,7 +29,7 @@ from fedyolo.demo.baseline import events_file as baseline_events
 from fedyolo.demo.chaos import KillPlan, nan_update
 from fedyolo.demo.observer import EVENTS_FILE as OBSERVER_EVENTS
 from fedyolo.demo.plan import TaskPlan, client_data_path, ensure_bundle, plan_task, write_plan
-from fedyolo.demo.processes import Children, child_env
+from fedyolo.demo.processes import Child, Children, child_env
 from fedyolo.demo.watch import ClientView, EventTail, LineTail
 from fedyolo.demo.worker import WorkerPlan
 from fedyolo.runtime.bundle import Bundle
@@ -189,31 +189,37 @@ class Demo:
 
     def start_server(self) -> None:
         c = self.config
-        port = c.port or free_port()
-        self.url = f"http://{HOST}:{port}"
-        argv = [
-            sys.executable, "-m", "fedyolo.fedserver", str(self.out / "bundle"),
-            "--host", HOST, "--port", str(port),
-            "--rounds", str(c.rounds), "--min-clients", str(c.clients),
-            "--state-dir", str(self.run_dir / "server"), "--deadline-s", str(c.round_deadline_s),
-            "--local-epochs", str(c.local_epochs), "--lr", str(c.lr), "--batch-size", str(c.batch_size),
-            "--log-level", "warning",
-        ]  # fmt: skip
-        server = self.children.start("server", argv, self.run_dir / "logs" / "server.log", self._env())
-        deadline = time.monotonic() + 60
-        while True:
+        # A port found free can be taken before the server binds it: with --port 0, try another one.
+        for _ in range(1 if c.port else 3):
+            port = c.port or free_port()
+            self.url = f"http://{HOST}:{port}"
+            argv = [
+                sys.executable, "-m", "fedyolo.fedserver", str(self.out / "bundle"),
+                "--host", HOST, "--port", str(port),
+                "--rounds", str(c.rounds), "--min-clients", str(c.clients),
+                "--state-dir", str(self.run_dir / "server"), "--deadline-s", str(c.round_deadline_s),
+                "--local-epochs", str(c.local_epochs), "--lr", str(c.lr), "--batch-size", str(c.batch_size),
+                "--log-level", "warning",
+            ]  # fmt: skip
+            server = self.children.start("server", argv, self.run_dir / "logs" / "server.log", self._env())
+            if self._wait_healthy(server):
+                self.console.print(f"server up at {self.url} (state in {self.run_dir / 'server'})")
+                return
+            self.children.kill("server")
+        raise FedyoloError(
+            f"the server did not start on {self.url}: {_tail(server.log_path)}; see the log, or pick another --port"
+        )
+
+    def _wait_healthy(self, server: Child, timeout_s: float = 60.0) -> bool:
+        deadline = time.monotonic() + timeout_s
+        while server.running and time.monotonic() < deadline:
             try:
                 if httpx.get(f"{self.url}/healthz", timeout=1.0).status_code == 200:
-                    break
+                    return True
             except httpx.TransportError:
                 pass
-            if not server.running or time.monotonic() > deadline:
-                raise FedyoloError(
-                    f"the server did not start on {self.url}: {_tail(server.log_path)}; "
-                    "see the log, or pick another --port"
-                )
             time.sleep(0.2)
-        self.console.print(f"server up at {self.url} (state in {self.run_dir / 'server'})")
+        return False
 
     def start_federation(self) -> None:
         c = self.config
@@ -410,7 +416,6 @@ class Demo:
         )
         view.stage = "killed"
         time.sleep(RESTART_AFTER_S)
-        self.children.reap()
         self.children.restart(view.name)
         view.stage = "starting"
         self.chaos_events.append(

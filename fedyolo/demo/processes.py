@@ -55,8 +55,9 @@ class Children:
         self.children: dict[str, Child] = {}
 
     def start(self, name: str, argv: Sequence[str], log_path: Path, env: dict[str, str]) -> Child:
-        child = self.children.get(name) or Child(name, list(argv), log_path, env)
-        self.children[name] = child
+        if name in self.children and self.children[name].running:
+            raise RuntimeError(f"{name} is already running")
+        child = self.children[name] = Child(name, list(argv), log_path, env)
         self._spawn(child)
         return child
 
@@ -86,13 +87,16 @@ class Children:
         return child
 
     def kill(self, name: str, sig: signal.Signals = signal.SIGKILL) -> None:
-        """Send `sig` and wait for the exit; the exit is recorded as expected."""
+        """Send `sig` and wait for the exit, recorded as expected (`reap` will not report it)."""
         child = self.children[name]
         if child.popen is None or not child.running:
             return
         child.expected_exit = True
         child.popen.send_signal(sig)
-        child.popen.wait()
+        child.exit_codes.append(child.popen.wait())
+        child.popen = None
+        if child._log is not None:
+            child._log.close()
 
     def reap(self) -> list[Child]:
         """Children that exited since the last call (their exit codes recorded)."""
