@@ -41,6 +41,7 @@ HOST = "127.0.0.1"
 TICK_S = 0.1
 STATUS_EVERY_S = 0.5
 RESTART_AFTER_S = 1.0
+RUN_MARKER = ".fedyolo-demo-run"
 
 
 @dataclass(frozen=True)
@@ -147,8 +148,13 @@ class Demo:
     def prepare(self) -> None:
         c = self.config
         if self.run_dir.exists():
+            if not (self.run_dir / RUN_MARKER).is_file():
+                raise FedyoloError(
+                    f"{self.run_dir} exists and is not a demo's run folder; give another --out"
+                )
             shutil.rmtree(self.run_dir)  # a fresh server, fresh clients: never resume an old demo
         self.run_dir.mkdir(parents=True)
+        (self.run_dir / RUN_MARKER).write_text("made by fedyolo demo; removed by the next run\n")
         for name in c.tasks:
             plan = plan_task(name, c.clients, c.alpha, c.seed, c.train_per_task, c.test_per_task)
             self.tasks[plan.task_id] = TaskRun(plan)
