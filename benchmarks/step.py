@@ -242,6 +242,7 @@ def main() -> None:
         result = {
             "command": " ".join([Path(sys.executable).name, *sys.argv]),
             "machine": {
+                "load_average_at_end": list(os.getloadavg()),
                 "cpu": platform.processor() or platform.machine(),
                 "cores": os.cpu_count(),
                 "python": platform.python_version(),
