@@ -84,7 +84,7 @@ def train_command(
     steps = -(-n // batch_size)
     console.print(
         f"training task [bold]{task_id}[/] ({trainer.task.module_kind}, {trainer.task.module_numel:,} trainable values) "
-        f"on {n} examples, {epochs} epochs x {steps} steps, lr {lr:g}, batch {batch_size}; "
+        f"on {n} examples, {epochs} epochs x {steps} steps, lr {lr:g} decaying linearly to 0, batch {batch_size}; "
         f"loaded in {time.perf_counter() - start:.1f} s"
     )
     table = Table("epoch", "train loss", "test loss", "test accuracy", "s/epoch", "ms/step")
@@ -119,6 +119,7 @@ def train_command(
             seed,
             on_epoch,
             on_step=lambda i, loss: progress.advance(bar),
+            lr=lr,  # decays linearly to zero over the run
         )
     console.print(table)
     last = logs[-1]
