@@ -9,11 +9,18 @@
    over both label sets (`fedyolo.demo.forgetting`).
 
 Federated runs go through `fedyolo.simulate.run_federation`: the real client's `train_round` and the
-server's strategy functions. Same recipe everywhere: AdamW at a constant learning rate, batch 16. The
-module's initial weights are the exported ones (seed 0) in every run; a repeat changes the partition
-and the data order.
+server's strategy functions. Each recipe is applied alike to the centralised run, the federation and
+the fully-local clients (AdamW, batch 16; a cosine schedule steps down per epoch when centralised or
+local and per round when federated):
+
+- `constant`: lr 2e-3 every epoch, FedAvg.
+- `cosine`: lr 4e-3 decayed by `round_lr`'s cosine, FedAvgM (server lr 1, momentum 0.5).
+
+The module's initial weights are the exported ones (seed 0) in every run; a repeat changes the
+partition and the data order.
 
     python benchmarks/accuracy.py [--repeats 3] [--schedules 6x1,2x3] [--alphas 1,0.1] [--clients 4]
+                                  [--recipes constant,cosine]
 """
 
 from __future__ import annotations
@@ -24,19 +31,40 @@ import os
 import platform
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from fedyolo.demo.baseline import train_alone
 from fedyolo.demo.forgetting import TaskSplit, joint_labels, run_forgetting
 from fedyolo.demo.plan import initial_module, stratified_sample
+from fedyolo.fedserver.strategies import StrategyParams, round_lr
 from fedyolo.runtime.bundle import Bundle, open_bundle
 from fedyolo.runtime.local import Arrays, encode_examples, evaluate_arrays, train_epochs
 from fedyolo.runtime.ort_trainer import OrtTrainer, SharedBackbone
 from fedyolo.simulate import FederationSettings, run_federation
 from fedyolo.tasks import dirichlet_partition, load_task
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """One optimisation recipe, applied alike to centralised, federated and fully-local training."""
+
+    lr: float
+    lr_schedule: str
+    strategy: str
+    server_momentum: float = 0.9
+
+    def lr_at(self, step: int, steps: int) -> float:
+        """The lr of epoch (centralised, local) or round (federated) `step`, 1-based, of `steps`."""
+        return round_lr(self.lr, self.lr_schedule, step, steps)
+
+
+RECIPES = {
+    "constant": Recipe(2e-3, "constant", "fedavg"),
+    "cosine": Recipe(4e-3, "cosine", "fedavgm", server_momentum=0.5),
+}
 
 
 def export(out: Path, backbone: str, max_length: int) -> Bundle:
@@ -68,21 +96,22 @@ def summary(values: list[float]) -> dict[str, Any]:
     }
 
 
-def centralised(
+def train_plain(
     trainer: OrtTrainer,
     initial: dict[str, np.ndarray],
-    union: Arrays,
+    data: Arrays,
     test: Arrays,
     epochs: int,
-    args: Any,
+    recipe: Recipe,
+    batch_size: int,
     seed: int,
 ) -> list[float]:
-    """Held-out accuracy after each epoch of plain training on every client's data together."""
+    """Held-out accuracy after each epoch of one AdamW run on `data` (the union, or one client alone)."""
     trainer.set_module(initial)
-    trainer.set_learning_rate(args.lr)
     curve = []
     for epoch in range(epochs):
-        train_epochs(trainer, union, 1, args.batch_size, seed=1000 * seed + epoch)
+        trainer.set_learning_rate(recipe.lr_at(epoch + 1, epochs))
+        train_epochs(trainer, data, 1, batch_size, seed=1000 * seed + epoch)
         curve.append(evaluate_arrays(trainer, test).accuracy)
     return curve
 
@@ -97,7 +126,7 @@ def main() -> int:
         help="rounds x local epochs, each with the same passes (FedYolo: fewer rounds, more epochs)",
     )
     p.add_argument("--alphas", default="1,0.1")
-    p.add_argument("--lr", type=float, default=2e-3)
+    p.add_argument("--recipes", default="constant,cosine", help=f"any of {', '.join(RECIPES)}")
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--max-length", type=int, default=24)
     p.add_argument("--backbone", default="minilm", help="minilm; tiny-bert only to check the script runs")
@@ -115,10 +144,13 @@ def main() -> int:
     if any(r * e != passes for r, e in schedules):
         p.error(f"every schedule must make the same passes over the data: {args.schedules}")
     alphas = [float(a) for a in args.alphas.split(",")]
+    recipes = args.recipes.split(",")
+    if unknown := set(recipes) - set(RECIPES):
+        p.error(f"unknown recipes {sorted(unknown)}; choose from {', '.join(RECIPES)}")
 
     bundle = export(args.work / f"bundle-{args.backbone}", args.backbone, args.max_length)
     backbone = SharedBackbone(bundle)
-    trainer = OrtTrainer(bundle, "topics", backbone, args.lr)
+    trainer = OrtTrainer(bundle, "topics", backbone, RECIPES[recipes[0]].lr)
     spec = bundle.task("topics")
     topics = load_task("topics")
     initial = initial_module(bundle, "topics")
@@ -128,49 +160,57 @@ def main() -> int:
         f"topics: {len(topics.train)} train, {len(topics.test)} held out; {passes} passes over every example"
     )
 
-    runs: dict[str, list[dict[str, Any]]] = {"centralised": []}
-    for alpha in alphas:
-        for r, e in schedules:
-            runs[f"federated alpha={alpha:g} {r}x{e}"] = []
-        runs[f"local alpha={alpha:g}"] = []
+    runs: dict[str, list[dict[str, Any]]] = {}
+
+    def record(name: str, entry: dict[str, Any], seconds: float) -> None:
+        runs.setdefault(name, []).append(entry)
+        print(f"seed {entry['seed']} {name}: {entry['accuracy']:.1%} ({seconds:.0f} s)", flush=True)
+
     for seed in range(args.repeats):
-        t = time.perf_counter()
-        curve = centralised(trainer, initial, union, test, passes, args, seed)
-        runs["centralised"].append({"seed": seed, "accuracy": curve[-1], "curve": curve})
-        print(f"seed {seed} centralised: {curve[-1]:.1%} ({time.perf_counter() - t:.0f} s)", flush=True)
-        for alpha in alphas:
-            shares = dirichlet_partition(topics.train, topics.labels, args.clients, alpha, seed)
-            clients = [encode_examples(bundle, spec, share) for share in shares]
-            for r, e in schedules:
-                t = time.perf_counter()
-                settings = FederationSettings(r, e, args.lr, args.batch_size, seed=seed)
-                _, records = run_federation(trainer, initial, clients, settings, test)
-                curve = [rec.accuracy for rec in records if rec.accuracy is not None]
-                runs[f"federated alpha={alpha:g} {r}x{e}"].append(
-                    {
+        partitions = {
+            alpha: dirichlet_partition(topics.train, topics.labels, args.clients, alpha, seed)
+            for alpha in alphas
+        }
+        for name in recipes:
+            recipe = RECIPES[name]
+            t = time.perf_counter()
+            curve = train_plain(trainer, initial, union, test, passes, recipe, args.batch_size, seed)
+            record(
+                f"{name}: centralised",
+                {"seed": seed, "accuracy": curve[-1], "curve": curve},
+                time.perf_counter() - t,
+            )
+            for alpha, shares in partitions.items():
+                clients = [encode_examples(bundle, spec, share) for share in shares]
+                for r, e in schedules:
+                    t = time.perf_counter()
+                    settings = FederationSettings(
+                        r,
+                        e,
+                        recipe.lr,
+                        args.batch_size,
+                        strategy=recipe.strategy,
+                        strategy_params=StrategyParams(server_lr=1.0, momentum=recipe.server_momentum),
+                        seed=seed,
+                        lr_schedule=recipe.lr_schedule,
+                    )
+                    _, records = run_federation(trainer, initial, clients, settings, test)
+                    curve = [rec.accuracy for rec in records if rec.accuracy is not None]
+                    entry = {
                         "seed": seed,
                         "accuracy": curve[-1],
                         "curve": curve,
-                        "client_sizes": [len(s) for s in shares],
+                        "client_sizes": [len(x) for x in shares],
                     }
-                )
-                print(
-                    f"seed {seed} federated alpha {alpha:g} {r}x{e}: {curve[-1]:.1%} ({time.perf_counter() - t:.0f} s)"
-                )
-            if seed == 0 and not args.no_local:  # the fully-local baseline costs a federated run: once
-                t = time.perf_counter()
-                local = [
-                    train_alone(
-                        trainer, c, initial, data, test, passes, args.lr, args.batch_size, seed
-                    ).accuracy
-                    for c, data in enumerate(clients)
-                ]
-                runs[f"local alpha={alpha:g}"].append(
-                    {"seed": seed, "accuracy": float(np.mean(local)), "clients": local}
-                )
-                print(
-                    f"seed {seed} local alpha {alpha:g}: mean {np.mean(local):.1%} ({time.perf_counter() - t:.0f} s)"
-                )
+                    record(f"{name}: federated alpha={alpha:g} {r}x{e}", entry, time.perf_counter() - t)
+                if seed == 0 and not args.no_local:  # the fully-local baseline costs a federated run: once
+                    t = time.perf_counter()
+                    local = [
+                        train_plain(trainer, initial, data, test, passes, recipe, args.batch_size, seed)[-1]
+                        for data in clients
+                    ]
+                    entry = {"seed": seed, "accuracy": float(np.mean(local)), "clients": local}
+                    record(f"{name}: local alpha={alpha:g}", entry, time.perf_counter() - t)
 
     forgetting = None
     if not args.no_forgetting:
@@ -182,15 +222,19 @@ def main() -> int:
             TaskSplit("language", stratified_sample(language.train, args.language_train, 0), language.test),
             "shared",
             epochs=passes,
-            lr=args.lr,
+            lr=RECIPES["constant"].lr,
             batch_size=args.batch_size,
             backbone=backbone,
         )
         print(f"forgetting: {forgetting} ({time.perf_counter() - t:.0f} s)")
 
     results = {k: summary([r["accuracy"] for r in v]) | {"detail": v} for k, v in runs.items() if v}
-    central = results["centralised"]["median"]
-    gaps = {k: v["median"] - central for k, v in results.items() if k.startswith("federated")}
+    gaps = {
+        k: v["median"] - results[k.split(":")[0] + ": centralised"]["median"]
+        for k, v in results.items()
+        if ": federated" in k
+    }
+    best_central = max(v["median"] for k, v in results.items() if k.endswith("centralised"))
     out = {
         "question": "federated vs centralised LoRA on topics with the same example passes; forgetting",
         "command": " ".join([Path(sys.executable).name, *sys.argv]),
@@ -202,7 +246,9 @@ def main() -> int:
         "settings": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()}
         | {"passes": passes, "backbone": bundle.manifest.backbone.id},
         "accuracy": results,
+        "recipes": {name: RECIPES[name].__dict__ for name in recipes},
         "federated_minus_centralised_points": {k: 100 * g for k, g in gaps.items()},
+        "best_centralised": best_central,
         "target": "federated alpha=1 within 2 points of centralised (DESIGN.md)",
         "forgetting": None if forgetting is None else forgetting.__dict__,
         "seconds": time.perf_counter() - start,
@@ -210,11 +256,11 @@ def main() -> int:
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(out, indent=1))
     print()
-    print(f"{'':32} {'median':>8} {'min':>8} {'max':>8}  runs")
+    print(f"{'':42} {'median':>8} {'min':>8} {'max':>8}  runs")
     for name, r in results.items():
-        print(f"{name:32} {r['median']:8.1%} {r['min']:8.1%} {r['max']:8.1%}  {len(r['runs'])}")
+        print(f"{name:42} {r['median']:8.1%} {r['min']:8.1%} {r['max']:8.1%}  {len(r['runs'])}")
     for name, g in gaps.items():
-        print(f"{name} - centralised: {100 * g:+.1f} points (median)")
+        print(f"{name} - its recipe's centralised: {100 * g:+.1f} points (median)")
     if forgetting is not None:
         f = forgetting
         print(

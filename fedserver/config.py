@@ -7,7 +7,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from fedyolo.fedserver.errors import ServerConfigError
-from fedyolo.fedserver.strategies import STRATEGIES, StrategyParams
+from fedyolo.fedserver.strategies import LR_SCHEDULES, STRATEGIES, StrategyParams
 from fedyolo.runtime.manifest import TaskSpec
 
 # Room for the safetensors header on top of the raw tensor bytes: 8-byte length + JSON per tensor.
@@ -32,6 +32,9 @@ class ServerConfig:
         Updates (one per client) that close a round.
     deadline_s
         A round open this long closes with the updates it has (at least one).
+    lr_schedule
+        How the clients' learning rate moves over the rounds: "constant" (`lr` every round) or
+        "cosine" (from `lr` down towards 0 by the last round); see `strategies.round_lr`.
     max_update_bytes
         Byte cap of an upload; 0 means the task's fp32 module size plus header room.
     max_examples
@@ -51,6 +54,7 @@ class ServerConfig:
     strategy_params: StrategyParams = field(default_factory=StrategyParams)
     local_epochs: int = 1
     lr: float = 1e-3
+    lr_schedule: str = "constant"
     batch_size: int = 8
     proximal_mu: float = 0.0
     max_update_bytes: int = 0
@@ -69,6 +73,8 @@ class ServerConfig:
             problems.append("deadline_s must be positive")
         if self.strategy not in STRATEGIES:
             problems.append(f"strategy {self.strategy!r} is unknown (known: {', '.join(sorted(STRATEGIES))})")
+        if self.lr_schedule not in LR_SCHEDULES:
+            problems.append(f"lr_schedule {self.lr_schedule!r} is unknown (known: {', '.join(LR_SCHEDULES)})")
         if self.local_epochs < 1 or self.batch_size < 1:
             problems.append("local_epochs and batch_size must be at least 1")
         if self.lr <= 0 or self.proximal_mu < 0 or self.clip_norm < 0:

@@ -23,7 +23,7 @@ from typing import Any
 from fedyolo.fedserver.config import ServerConfig
 from fedyolo.fedserver.errors import ApiError, ServerConfigError
 from fedyolo.fedserver.store import Store, sha256_hex
-from fedyolo.fedserver.strategies import STRATEGIES
+from fedyolo.fedserver.strategies import STRATEGIES, round_lr
 from fedyolo.runtime.bundle import Bundle
 from fedyolo.runtime.errors import ModuleWeightsError
 from fedyolo.runtime.manifest import MODULE_WEIGHTS, TaskSpec
@@ -223,7 +223,7 @@ class Rounds:
             status="finished" if finished else row["status"],
             module_version=row["round"] if finished else row["base_version"],
             local_epochs=c.local_epochs,
-            lr=c.lr,
+            lr=round_lr(c.lr, c.lr_schedule, row["round"], c.rounds),
             batch_size=c.batch_size,
             proximal_mu=c.proximal_mu,
             deadline_at=row["deadline_at"],

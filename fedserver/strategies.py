@@ -162,6 +162,26 @@ def fedadam(
     return _f32(new), StrategyState(step=state.step + 1, first=_f32(first), second=_f32(second))
 
 
+LR_SCHEDULES = ("constant", "cosine")
+
+
+def round_lr(base: float, schedule: str, round_id: int, rounds: int) -> float:
+    """The clients' learning rate in round `round_id` (1-based) of `rounds`.
+
+    "constant": `base` every round. "cosine": `base * (1 + cos(pi * (round_id - 1) / rounds)) / 2`, from
+    `base` in the first round down towards zero in the last; later rounds take smaller steps, so the
+    clients' drift on skewed data shrinks as the global module settles (benchmarks/README.md measures it).
+    A round past `rounds` (a server restarted with fewer) takes the last round's rate.
+    """
+    if schedule not in LR_SCHEDULES:
+        raise ValueError(f"unknown lr schedule {schedule!r}; choose one of {', '.join(LR_SCHEDULES)}")
+    if rounds < 1 or round_id < 1:
+        raise ValueError(f"round {round_id} of {rounds}: both must be at least 1")
+    if schedule == "constant":
+        return base
+    return base * 0.5 * (1.0 + math.cos(math.pi * (min(round_id, rounds) - 1) / rounds))
+
+
 Strategy = Callable[
     [Mapping[str, np.ndarray], Deltas, StrategyState, StrategyParams], tuple[ModuleWeights, StrategyState]
 ]

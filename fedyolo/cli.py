@@ -162,6 +162,7 @@ def serve_cmd(
     min_clients: Annotated[int, typer.Option(min=1, help="updates that close a round")] = 3,
     strategy: Annotated[str, typer.Option(help="fedavg, fedavgm or fedadam")] = "fedavg",
     server_lr: Annotated[float | None, typer.Option(help="server learning rate (strategy default)")] = None,
+    server_momentum: Annotated[float, typer.Option(help="FedAvgM's momentum")] = 0.9,
     enroll_key: Annotated[
         str | None,
         typer.Option(envvar="FEDYOLO_ENROLL_KEY", help="key devices register with (default: generated)"),
@@ -172,6 +173,9 @@ def serve_cmd(
     deadline_s: Annotated[float, typer.Option(help="a round open this long closes with what it has")] = 600.0,
     local_epochs: Annotated[int, typer.Option(min=1, help="epochs each client trains a round")] = 1,
     lr: Annotated[float, typer.Option(help="clients' learning rate")] = 1e-3,
+    lr_schedule: Annotated[
+        str, typer.Option(help="constant, or cosine: from --lr down towards 0 by the last round")
+    ] = "constant",
     batch_size: Annotated[int, typer.Option(min=1, help="clients' batch size")] = 8,
     proximal_mu: Annotated[float, typer.Option(help="FedProx term; 0 is FedAvg")] = 0.0,
     clip_norm: Annotated[float, typer.Option(help="clip each update's change to this L2 norm; 0 off")] = 0.0,
@@ -196,11 +200,13 @@ def serve_cmd(
         deadline_s=deadline_s,
         local_epochs=local_epochs,
         lr=lr,
+        lr_schedule=lr_schedule,
         batch_size=batch_size,
         proximal_mu=proximal_mu,
         clip_norm=clip_norm,
         max_update_bytes=max_update_bytes,
         server_lr=server_lr,
+        server_momentum=server_momentum,
         ssl_certfile=ssl_certfile,
         ssl_keyfile=ssl_keyfile,
         log_level=log_level,
@@ -332,16 +338,24 @@ def simulate_cmd(
     module: Annotated[str, typer.Option(help="lora, adapter, prompt, head or full")] = "lora",
     backbone: Annotated[str, typer.Option(help="minilm, tiny-bert, or a local HF dir")] = "minilm",
     out: Annotated[Path, typer.Option(help="bundle and simulate.json")] = Path("simulate_out"),
-    lr: Annotated[float, typer.Option(help="clients' learning rate (AdamW), constant")] = 2e-3,
+    lr: Annotated[
+        float, typer.Option(help="clients' learning rate (AdamW) in the first round; see --lr-schedule")
+    ] = 2e-3,
     batch_size: Annotated[int, typer.Option(min=1)] = 16,
     max_length: Annotated[int, typer.Option(min=2)] = 24,
     train_per_task: Annotated[int, typer.Option(help="cut each train split to this many; 0: all")] = 0,
     test_per_task: Annotated[int, typer.Option(help="cut each test split to this many; 0: all")] = 600,
+    lr_schedule: Annotated[
+        str, typer.Option(help="constant, or cosine: from --lr down towards 0 by the last round")
+    ] = "constant",
     strategy: Annotated[str, typer.Option(help="fedavg, fedavgm or fedadam")] = "fedavg",
+    server_lr: Annotated[float | None, typer.Option(help="server learning rate (strategy default)")] = None,
+    server_momentum: Annotated[float, typer.Option(help="FedAvgM's momentum")] = 0.9,
     seed: Annotated[int, typer.Option()] = 0,
     eval_every: Annotated[int, typer.Option(min=1, help="evaluate the global module every n rounds")] = 5,
 ) -> None:
     """Many clients in one process, with the server's strategy functions and the client's training code."""
+    from fedyolo.fedserver.strategies import StrategyParams
     from fedyolo.simulate import simulate_command
 
     simulate_command(
@@ -362,6 +376,8 @@ def simulate_cmd(
         strategy,
         seed,
         eval_every,
+        lr_schedule,
+        StrategyParams(server_lr=server_lr, momentum=server_momentum),
     )
 
 

@@ -20,12 +20,14 @@ from typing import Any
 import numpy as np
 
 from fedyolo.fedserver.strategies import (
+    LR_SCHEDULES,
     STRATEGIES,
     StrategyParams,
     StrategyState,
     WeightedSum,
     clip_delta,
     module_delta,
+    round_lr,
 )
 from fedyolo.runtime.client import train_round
 from fedyolo.runtime.errors import FedyoloError
@@ -50,6 +52,7 @@ class FederationSettings:
     clip_norm: float = 0.0
     seed: int = 0
     eval_every: int = 1
+    lr_schedule: str = "constant"
 
     def __post_init__(self) -> None:
         if self.rounds < 1 or self.local_epochs < 1 or self.batch_size < 1:
@@ -58,12 +61,16 @@ class FederationSettings:
             raise FedyoloError(f"fraction {self.fraction} is not in (0, 1]; e.g. 0.1 samples 10% a round")
         if self.strategy not in STRATEGIES:
             raise FedyoloError(f"unknown strategy {self.strategy!r}; choose one of {', '.join(STRATEGIES)}")
+        if self.lr_schedule not in LR_SCHEDULES:
+            raise FedyoloError(
+                f"unknown lr schedule {self.lr_schedule!r}; choose one of {', '.join(LR_SCHEDULES)}"
+            )
 
-    def round_info(self) -> dict[str, Any]:
-        """What `GET /v1/tasks/{t}/round` tells a real client."""
+    def round_info(self, round_id: int = 1) -> dict[str, Any]:
+        """What `GET /v1/tasks/{t}/round` tells a real client in round `round_id` (1-based)."""
         return {
             "local_epochs": self.local_epochs,
-            "lr": self.lr,
+            "lr": round_lr(self.lr, self.lr_schedule, round_id, self.rounds),
             "batch_size": self.batch_size,
             "proximal_mu": self.proximal_mu,
         }
@@ -126,7 +133,7 @@ def run_federation(
             received, n_down = wire(global_weights, task)  # the client downloads the global module
             rng = np.random.default_rng([settings.seed, r, c])
             examples, metrics = train_round(
-                trainer, received, clients[c], settings.round_info(), rng, on_step=on_step
+                trainer, received, clients[c], settings.round_info(r), rng, on_step=on_step
             )
             update, n_up = wire(trainer.get_module(), task)  # and uploads its trained one
             acc.add(clip_delta(module_delta(update, global_weights), settings.clip_norm), examples)
@@ -175,6 +182,8 @@ def simulate_command(
     strategy: str,
     seed: int,
     eval_every: int,
+    lr_schedule: str = "constant",
+    strategy_params: StrategyParams | None = None,
 ) -> dict[str, Any]:
     """Export (or reuse) the bundle, then simulate each task's federation; print a table, write JSON."""
     from rich.console import Console
@@ -193,7 +202,16 @@ def simulate_command(
 
     console = Console()
     settings = FederationSettings(
-        rounds, local_epochs, lr, batch_size, fraction, strategy, seed=seed, eval_every=max(1, eval_every)
+        rounds,
+        local_epochs,
+        lr,
+        batch_size,
+        fraction,
+        strategy,
+        strategy_params=strategy_params or StrategyParams(),
+        seed=seed,
+        eval_every=max(1, eval_every),
+        lr_schedule=lr_schedule,
     )
     plans = [plan_task(t, clients, alpha, seed, train_per_task, test_per_task) for t in tasks]
     bundle, exported = ensure_bundle(out / "bundle", plans, backbone, module, max_length, seed)

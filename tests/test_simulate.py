@@ -9,7 +9,14 @@ import numpy as np
 import pytest
 
 from fedyolo.demo.plan import initial_module
-from fedyolo.fedserver.strategies import StrategyParams, StrategyState, WeightedSum, fedavg, module_delta
+from fedyolo.fedserver.strategies import (
+    StrategyParams,
+    StrategyState,
+    WeightedSum,
+    fedavg,
+    module_delta,
+    round_lr,
+)
 from fedyolo.runtime.bundle import Bundle, open_bundle
 from fedyolo.runtime.client import train_round
 from fedyolo.runtime.local import Arrays, encode_examples
@@ -114,6 +121,26 @@ def test_a_run_trains_only_the_sampled_clients_and_evaluates(bundle: Bundle) -> 
         assert [c for r, c in seen if r == rec.round] == list(rec.clients)
         assert rec.examples == 8 * 3
         assert rec.accuracy is not None and 0.0 <= rec.accuracy <= 1.0
+
+
+class LrRecorder(OrtTrainer):
+    """An OrtTrainer that notes every learning rate it is given."""
+
+    def set_learning_rate(self, lr: float) -> None:
+        self.rates = [*getattr(self, "rates", []), lr]
+        super().set_learning_rate(lr)
+
+
+def test_each_round_trains_at_the_scheduled_learning_rate(bundle: Bundle) -> None:
+    settings = FederationSettings(
+        rounds=3, local_epochs=1, lr=4e-3, batch_size=8, seed=0, lr_schedule="cosine"
+    )
+    trainer = LrRecorder(bundle, "topics", lr=4e-3, threads=1)
+    trainer.rates = []
+    run_federation(trainer, initial_module(bundle, "topics"), shares(bundle, [8]), settings)
+    expected = [round_lr(4e-3, "cosine", r, 3) for r in (1, 2, 3)]
+    changes = [rate for i, rate in enumerate(trainer.rates) if i == 0 or rate != trainer.rates[i - 1]]
+    assert changes == expected and expected[0] > expected[1] > expected[2] > 0
 
 
 def test_simulate_command_writes_a_table_and_json(tmp_path: Path, bundle: Bundle) -> None:

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import sqlite3
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -12,6 +14,7 @@ import numpy as np
 import pytest
 from safetensors.numpy import save as st_save
 
+from fedyolo.fedserver.errors import ServerConfigError
 from fedyolo.fedserver.store import DB_NAME
 from fedyolo.runtime.wire import decode_module, encode_module
 
@@ -255,6 +258,21 @@ def test_after_the_last_round_the_task_is_finished(make_api: Any) -> None:
     late = api.upload(auth, 1, random_module(api.task, 2))
     assert info["status"] == "finished" and info["module_version"] == 1
     assert (late.status_code, late.json()["code"]) == (409, "task_finished")
+
+
+def test_rounds_hand_out_the_cosine_scheduled_learning_rate(make_api: Any) -> None:
+    api = make_api(rounds=4, min_clients=1, lr=4e-3, lr_schedule="cosine")
+    auth = api.register()
+    seen = [api.round(auth)["lr"]]
+    for r in (1, 2):
+        assert api.upload(auth, r, random_module(api.task, r)).status_code == 201
+        seen.append(api.wait_round(auth, r + 1)["lr"])
+    assert seen == pytest.approx([4e-3, 4e-3 * (1 + math.cos(math.pi / 4)) / 2, 2e-3])
+
+
+def test_an_unknown_lr_schedule_is_refused_at_start_up(config: Any) -> None:
+    with pytest.raises(ServerConfigError, match="lr_schedule 'warm' is unknown"):
+        replace(config, lr_schedule="warm")
 
 
 def test_deadline_closes_a_round_with_fewer_updates_and_extends_an_empty_one(make_api: Any) -> None:

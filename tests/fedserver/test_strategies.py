@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import itertools
+
 import numpy as np
 import pytest
 
@@ -15,6 +17,7 @@ from fedyolo.fedserver.strategies import (
     fedavg,
     fedavgm,
     module_delta,
+    round_lr,
 )
 
 SHAPES = {"a": (4, 3), "b": (5,)}
@@ -119,3 +122,17 @@ def test_strategies_are_deterministic_through_float32_state() -> None:
     w_b, _ = fedadam(global_w, d, StrategyState(), StrategyParams())
     assert all(np.array_equal(w_a[k], w_b[k]) for k in SHAPES)
     assert all(s_a.first[k].dtype == np.float32 for k in SHAPES)
+
+
+def test_round_lr_constant_and_cosine_schedules() -> None:
+    rounds = 6
+    constant = [round_lr(2e-3, "constant", r, rounds) for r in range(1, rounds + 1)]
+    cosine = [round_lr(4e-3, "cosine", r, rounds) for r in range(1, rounds + 2)]
+    assert constant == [2e-3] * rounds
+    assert cosine[0] == 4e-3 and cosine[3] == pytest.approx(2e-3)  # halfway down at round 1 + rounds/2
+    assert all(a > b > 0 for a, b in itertools.pairwise(cosine[:rounds]))
+    assert cosine[rounds] == cosine[rounds - 1]  # past the last round: the last round's rate
+    with pytest.raises(ValueError, match="unknown lr schedule 'step'"):
+        round_lr(1e-3, "step", 1, rounds)
+    with pytest.raises(ValueError, match="at least 1"):
+        round_lr(1e-3, "cosine", 0, rounds)
