@@ -40,5 +40,8 @@ class ProximalTrainer(Protocol):
     """A trainer that adds the proximal term itself, after each of its optimiser steps."""
 
     def set_proximal(self, global_weights: ModuleWeights, mu: float) -> None:
-        """Pull towards `global_weights` with strength `mu` from now on (`mu = 0` turns it off)."""
+        """Pull towards `global_weights` with strength `mu` from now on (`mu = 0` turns it off).
+
+        Call it after `set_module`, which starts a round and may drop the last round's pull.
+        """
         ...

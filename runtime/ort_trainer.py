@@ -15,6 +15,7 @@ import numpy as np
 
 from fedyolo.runtime.bundle import Bundle
 from fedyolo.runtime.errors import BundleError
+from fedyolo.runtime.fedprox import proximal_step
 from fedyolo.runtime.manifest import CHECKPOINT, EVAL_MODEL, OPTIMIZER_MODEL, TRAINING_MODEL, TaskSpec
 from fedyolo.runtime.ort_import import load_ort
 from fedyolo.runtime.trainer import Batch, EvalResult
@@ -61,7 +62,10 @@ class SharedBackbone:
 
 
 class OrtTrainer:
-    """`Trainer` over ONNX Runtime training: step, evaluate, predict, get/set the module."""
+    """`Trainer` over ONNX Runtime training: step, evaluate, predict, get/set the module.
+
+    Also a `ProximalTrainer`: FedProx's pull is applied inside `step`, so AdamW keeps its moments.
+    """
 
     # ONNX Runtime objects, rebuilt together by `_load` (training API types have no stubs).
     _state: Any
@@ -85,6 +89,8 @@ class OrtTrainer:
         self._device = cpu_device()
         self._options = self.backbone.session_options(threads)
         self._optimizer_path = str(self._task_dir / OPTIMIZER_MODEL)
+        # FedProx: the round's global module and mu, applied after each step; None while off.
+        self._proximal: tuple[ModuleWeights, float] | None = None
         self._load()
         self._lr = lr
         self.set_learning_rate(lr)
@@ -135,6 +141,9 @@ class OrtTrainer:
         self._module.train_step(self._feed(batch, self._train_inputs), outputs)
         self._optimizer.optimizer_step()
         self._module.lazy_reset_grad()
+        if self._proximal is not None:
+            global_weights, mu = self._proximal
+            self._write_module(proximal_step(self.get_module(), global_weights, self._lr, mu))
         return float(outputs[0].numpy())
 
     def gradients(self, batch: Batch) -> tuple[float, ModuleWeights]:
@@ -174,14 +183,32 @@ class OrtTrainer:
         return {t.name: np.array(self._state.get_parameter(t.name).data.numpy()) for t in self.task.trainable}
 
     def set_module(self, weights: ModuleWeights) -> None:
+        """Start afresh from `weights`: new AdamW moments, and no proximal pull until `set_proximal`."""
         check_module(weights, self.task)
         self._load()  # fresh AdamW moments: a new round starts from the global module alone
+        # The pull's target is the previous round's global module; a new round names its own.
+        self._proximal = None
+        self._write_module(weights)
+        self.set_learning_rate(self._lr)
+
+    def set_proximal(self, global_weights: ModuleWeights, mu: float) -> None:
+        """After each step, pull the module towards `global_weights` by `lr * mu`; `mu = 0` turns it off."""
+        if mu < 0:
+            raise ValueError(f"proximal mu must not be negative, got {mu}")
+        check_module(global_weights, self.task)
+        self._proximal = (
+            ({t.name: np.array(global_weights[t.name], np.float32) for t in self.task.trainable}, mu)
+            if mu > 0
+            else None
+        )
+
+    def _write_module(self, weights: ModuleWeights) -> None:
+        """Copy `weights` into the checkpoint state; the optimiser's moments are left as they are."""
         for t in self.task.trainable:
             value = self._C.OrtValue.ortvalue_from_numpy(
                 np.ascontiguousarray(weights[t.name], np.float32), self._device
             )
             self._state.copy_parameter_from(t.name, value)
-        self.set_learning_rate(self._lr)
 
     def set_learning_rate(self, lr: float) -> None:
         self._lr = lr

@@ -1,0 +1,97 @@
+"""FedProx inside `OrtTrainer.step`: the pull towards the round's global module keeps AdamW's moments
+(the client's fallback through `set_module` reset them after every step), and it really pulls."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from fedyolo.runtime.bundle import Bundle, open_bundle
+from fedyolo.runtime.client import train_round
+from fedyolo.runtime.fedprox import ProximalTrainer
+from fedyolo.runtime.local import encode_examples
+from fedyolo.runtime.manifest import MODULE_WEIGHTS
+from fedyolo.runtime.ort_trainer import OrtTrainer
+from fedyolo.runtime.trainer import Batch
+from fedyolo.runtime.wire import ModuleWeights, decode_module
+from fedyolo.tasks import load_task
+
+ROUND = {"batch_size": 16, "local_epochs": 2, "lr": 5e-3}
+
+
+@pytest.fixture(scope="module")
+def bundle(tiny_bert_bundle: Path) -> Bundle:
+    return open_bundle(tiny_bert_bundle)
+
+
+@pytest.fixture(scope="module")
+def data(bundle: Bundle) -> Batch:
+    return encode_examples(bundle, bundle.task("topics"), load_task("topics").train[:48])
+
+
+def initial(bundle: Bundle) -> ModuleWeights:
+    return decode_module(bundle.task_file("topics", MODULE_WEIGHTS).read_bytes(), bundle.task("topics"))
+
+
+def trained(trainer: OrtTrainer, data: Batch, mu: float) -> ModuleWeights:
+    """The module after one round of `ROUND` with FedProx's `mu`, from the bundle's initial module."""
+    train_round(
+        trainer, initial(bundle=trainer.bundle), data, ROUND | {"proximal_mu": mu}, np.random.default_rng(0)
+    )
+    return trainer.get_module()
+
+
+def distance(a: ModuleWeights, b: ModuleWeights) -> float:
+    return float(np.sqrt(sum(((a[k] - b[k]) ** 2).sum() for k in a)))
+
+
+def test_the_ort_trainer_applies_fedprox_itself(bundle: Bundle) -> None:
+    assert isinstance(OrtTrainer(bundle, "topics", threads=1), ProximalTrainer)
+
+
+def test_a_negligible_mu_trains_like_plain_fedavg(bundle: Bundle, data: Batch) -> None:
+    # Prepare
+    trainer = OrtTrainer(bundle, "topics", threads=1)
+
+    # Execute
+    plain = trained(trainer, data, 0.0)
+    proximal = trained(trainer, data, 1e-9)
+
+    # Assert: AdamW's moments survive the pull (reset after each step, the module would differ by ~lr)
+    assert distance(plain, initial(bundle)) > 1e-2
+    for name in plain:
+        np.testing.assert_allclose(proximal[name], plain[name], rtol=0, atol=1e-6)
+
+
+def test_a_large_mu_keeps_the_module_near_the_global_one(bundle: Bundle, data: Batch) -> None:
+    # Prepare
+    trainer = OrtTrainer(bundle, "topics", threads=1)
+    start = initial(bundle)
+
+    # Execute
+    drift = {mu: distance(trained(trainer, data, mu), start) for mu in (0.0, 50.0)}
+
+    # Assert
+    assert drift[50.0] < 0.5 * drift[0.0]
+
+
+def test_a_new_round_drops_the_last_rounds_pull(bundle: Bundle, data: Batch) -> None:
+    # Prepare: a trainer left pulling hard towards some other module
+    fresh = OrtTrainer(bundle, "topics", threads=1)
+    reused = OrtTrainer(bundle, "topics", threads=1)
+    elsewhere = {name: w + 1.0 for name, w in initial(bundle).items()}
+    reused.set_proximal(elsewhere, 50.0)
+
+    # Execute: set_module starts a round; training without FedProx must not pull towards `elsewhere`
+    for trainer in (fresh, reused):
+        trainer.set_module(initial(bundle))
+        trainer.set_learning_rate(ROUND["lr"])
+        for start in range(0, 48, 16):
+            trainer.step({name: array[start : start + 16] for name, array in data.items()})
+
+    # Assert
+    a, b = fresh.get_module(), reused.get_module()
+    for name in a:
+        np.testing.assert_array_equal(a[name], b[name])
