@@ -31,7 +31,7 @@ from fedyolo.fedserver.clients import Clients
 from fedyolo.fedserver.config import ServerConfig
 from fedyolo.fedserver.errors import CODES, ApiError
 from fedyolo.fedserver.reports import round_history, server_status
-from fedyolo.fedserver.rounds import Rounds, Update
+from fedyolo.fedserver.rounds import Rounds
 from fedyolo.fedserver.schemas import (
     BundleListing,
     ErrorBody,
@@ -44,6 +44,7 @@ from fedyolo.fedserver.schemas import (
     UpdateAccepted,
 )
 from fedyolo.fedserver.store import Store
+from fedyolo.fedserver.uploads import Update
 from fedyolo.runtime.bundle import Bundle, open_bundle
 from fedyolo.runtime.manifest import BACKBONE_FILE, MANIFEST_NAME, TOKENIZER_FILE, FileEntry, file_entry
 

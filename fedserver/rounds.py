@@ -2,8 +2,9 @@
 
 Every transition is one SQLite transaction, so a restart finds each round in exactly one state:
 
-- open: accepts one update per client; the update that reaches `min_clients` (or the deadline, with
-  at least one update) moves it to aggregating, in the same transaction that records the update;
+- open: accepts one update per client (checked and recorded by `uploads`); the update that reaches
+  `min_clients` (or the deadline, with at least one update) moves it to aggregating, in the same
+  transaction that records the update;
 - aggregating: the set of updates is frozen; aggregation reads them one blob at a time and commits
   the new module version, closes the round and opens the next one in ONE transaction. A round found
   aggregating at start-up is aggregated again from its blobs: same updates, same order, same result.
@@ -13,7 +14,6 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -24,14 +24,21 @@ from fedyolo.fedserver.config import ServerConfig
 from fedyolo.fedserver.errors import ApiError, ServerConfigError
 from fedyolo.fedserver.store import Store, sha256_hex
 from fedyolo.fedserver.strategies import STRATEGIES, round_lr
+from fedyolo.fedserver.uploads import (
+    Answer,
+    Update,
+    check_examples,
+    check_metrics,
+    check_round,
+    record,
+    replay,
+)
 from fedyolo.runtime.bundle import Bundle
 from fedyolo.runtime.errors import ModuleWeightsError
 from fedyolo.runtime.manifest import MODULE_WEIGHTS, TaskSpec
 from fedyolo.runtime.wire import ModuleWeights, decode_module, encode_module
 
 log = logging.getLogger(__name__)
-
-MAX_METRICS = 16
 
 
 @dataclass(frozen=True)
@@ -52,46 +59,10 @@ class RoundInfo:
     rounds_total: int
 
 
-@dataclass(frozen=True)
-class Update:
-    """One upload, as the HTTP layer read it; nothing in it is trusted yet."""
-
-    client_id: int
-    task_id: str
-    round: int
-    idempotency_key: str
-    body: bytes
-    examples: int
-    metrics: dict[str, float]
-
-
-@dataclass(frozen=True)
-class Answer:
-    """The answer to an upload; a replay carries the first answer's status and body unchanged."""
-
-    status_code: int
-    body: dict[str, Any]
-    replayed: bool = False
-
-
 def spec_sha256(task: TaskSpec) -> str:
     """Hash of what an update must look like: a task whose module changed cannot reuse old state."""
     spec = [[t.name, list(t.shape), t.dtype] for t in task.trainable] + [task.wire_dtype]
     return sha256_hex(json.dumps(spec).encode())
-
-
-def check_metrics(metrics: object) -> dict[str, float]:
-    """A small JSON object of finite numbers, or ApiError(bad_metrics)."""
-    if not isinstance(metrics, dict) or len(metrics) > MAX_METRICS:
-        raise ApiError("bad_metrics", f"metrics must be a JSON object of at most {MAX_METRICS} numbers")
-    checked = {}
-    for key, value in metrics.items():
-        if not isinstance(key, str) or not 0 < len(key) <= 64:
-            raise ApiError("bad_metrics", "metric names must be strings of 1 to 64 characters")
-        if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
-            raise ApiError("bad_metrics", f"metric {key!r} must be a finite number")
-        checked[key] = float(value)
-    return checked
 
 
 class Rounds:
@@ -263,103 +234,24 @@ class Rounds:
         task = self.task(update.task_id)
         sha = sha256_hex(update.body)
         with self.store.read() as db:
-            replay = self._replay(db, update, sha)
-            if replay is not None:
-                return replay
-            self._check_round(db, update)
-        if not 0 < update.examples <= self.config.max_examples:
-            raise ApiError(
-                "bad_examples",
-                f"example count must be between 1 and {self.config.max_examples}, got {update.examples}",
-            )
+            prior = replay(db, update, sha)
+            if prior is not None:
+                return prior
+            check_round(db, update)
+        check_examples(update, self.config.max_examples)
         metrics = check_metrics(update.metrics)
         try:
             weights = decode_module(update.body, task)
         except ModuleWeightsError as e:
             raise ApiError("invalid_update", str(e)) from e
         self.store.blobs.put(update.body, sha)  # durable before the row that names it
-        answer = self.store.grouped(lambda db: self._record(db, update, sha, metrics))
+        answer = self.store.grouped(
+            lambda db: record(db, update, sha, metrics, self.config.min_clients, self.clock)
+        )
         if not answer.replayed:
             self.on_accepted(update.task_id, int(answer.body["update_id"]), weights)
             self._changed()  # the aggregator folds the update in while the round is still open
         return answer
-
-    def _record(self, db: Any, update: Update, sha: str, metrics: dict[str, float]) -> Answer:
-        """The upload's rows, inside a (group) transaction: re-checked there, so concurrent ones are safe."""
-        replay = self._replay(db, update, sha)  # a retry of the same key may have raced this one
-        if replay is not None:
-            return replay
-        self._check_round(db, update)
-        count = (
-            1
-            + db.execute(
-                "SELECT COUNT(*) FROM updates WHERE task_id = ? AND round = ?", (update.task_id, update.round)
-            ).fetchone()[0]
-        )
-        closes = count >= self.config.min_clients
-        now = self.clock()
-        cursor = db.execute(
-            "INSERT INTO updates (task_id, round, client_id, idempotency_key, blob, body_bytes, "
-            "examples, metrics, status_code, response, received_at) "
-            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, 201, '', ?)",
-            (
-                update.task_id, update.round, update.client_id, update.idempotency_key, sha,
-                len(update.body), update.examples, json.dumps(metrics), now,
-            ),
-        )  # fmt: skip
-        body = {
-            "update_id": cursor.lastrowid,
-            "task": update.task_id,
-            "round": update.round,
-            "examples": update.examples,
-            "sha256": sha,
-            "round_updates": count,
-            "round_closed": closes,
-        }
-        db.execute("UPDATE updates SET response = ? WHERE id = ?", (json.dumps(body), cursor.lastrowid))
-        if closes:
-            db.execute(
-                "UPDATE rounds SET status = 'aggregating', closed_at = ? WHERE task_id = ? AND round = ?",
-                (now, update.task_id, update.round),
-            )
-        return Answer(201, body)
-
-    def _replay(self, db: Any, update: Update, sha: str) -> Answer | None:
-        prior = db.execute(
-            "SELECT task_id, round, blob, status_code, response FROM updates "
-            "WHERE client_id = ? AND idempotency_key = ?",
-            (update.client_id, update.idempotency_key),
-        ).fetchone()
-        if prior is None:
-            return None
-        if (prior["task_id"], prior["round"], prior["blob"]) != (update.task_id, update.round, sha):
-            raise ApiError(
-                "idempotency_conflict",
-                "this idempotency key was already used for a different update; use a new key per update",
-            )
-        return Answer(prior["status_code"], json.loads(prior["response"]), replayed=True)
-
-    def _check_round(self, db: Any, update: Update) -> None:
-        row = db.execute(
-            "SELECT round, status FROM rounds WHERE task_id = ? ORDER BY round DESC LIMIT 1",
-            (update.task_id,),
-        ).fetchone()
-        if row["status"] == "committed":
-            raise ApiError("task_finished", f"every round of task {update.task_id!r} is done")
-        if row["round"] != update.round or row["status"] != "open":
-            raise ApiError(
-                "stale_round",
-                f"round {update.round} of task {update.task_id!r} is not open (round {row['round']} is "
-                f"{row['status']}); get the current round and train again",
-            )
-        seen = db.execute(
-            "SELECT 1 FROM updates WHERE task_id = ? AND round = ? AND client_id = ?",
-            (update.task_id, update.round, update.client_id),
-        ).fetchone()
-        if seen is not None:
-            raise ApiError(
-                "already_submitted", f"this client already sent an update for round {update.round}"
-            )
 
     # -- closing and aggregating -----------------------------------------------------------------
 

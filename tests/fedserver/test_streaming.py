@@ -11,9 +11,10 @@ import pytest
 from fedyolo.fedserver.aggregator import Aggregator
 from fedyolo.fedserver.clients import Clients
 from fedyolo.fedserver.config import ServerConfig
-from fedyolo.fedserver.rounds import Rounds, Update
+from fedyolo.fedserver.rounds import Rounds
 from fedyolo.fedserver.store import Store
 from fedyolo.fedserver.synthetic import build_bundle
+from fedyolo.fedserver.uploads import Update
 from fedyolo.runtime.bundle import open_bundle
 from fedyolo.runtime.wire import encode_module
 
