@@ -237,7 +237,7 @@ def client_cmd(
 ) -> None:
     """Join a federation: register once, fetch the bundle once, then train and upload round after round."""
     from fedyolo.runtime.bundle import Bundle
-    from fedyolo.runtime.client import client_command
+    from fedyolo.runtime.client_command import client_command
     from fedyolo.runtime.ort_trainer import OrtTrainer
     from fedyolo.runtime.train_command import load_arrays
 
@@ -266,7 +266,7 @@ def status_cmd(
     insecure: Annotated[bool, typer.Option(help="do not verify the server's TLS certificate")] = False,
 ) -> None:
     """A server's tasks: round, clients, accuracy and bytes received."""
-    from fedyolo.runtime.client import status_command
+    from fedyolo.runtime.client_command import status_command
 
     status_command(url, verify=_verify(ca_cert, insecure))
 

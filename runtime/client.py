@@ -3,8 +3,9 @@ get the round → download the global module → train `local_epochs` → upload
 
 Crash-safe by construction: the token, the update waiting to be sent (with its idempotency key) and
 the last round sent live in a state directory per client (default `~/.fedyolo/clients/<name>`), so
-a restarted client re-sends the same update under the same key and the server counts it once.
-Plain numpy + httpx: no torch, no fastapi.
+a restarted client re-sends the same update under the same key and the server counts it once
+(client_state.py). A round's local training is `train_round` (local.py); it, `ClientState` and
+`PendingUpdate` are re-exported here. Plain numpy + httpx: no torch, no fastapi.
 """
 
 from __future__ import annotations
@@ -16,8 +17,8 @@ import logging
 import os
 import time
 import uuid
-from collections.abc import Callable, Iterator
-from dataclasses import asdict, dataclass, field
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -26,9 +27,11 @@ import httpx
 import numpy as np
 
 from fedyolo.runtime.bundle import Bundle, open_bundle
+from fedyolo.runtime.client_state import ClientState as ClientState
+from fedyolo.runtime.client_state import PendingUpdate as PendingUpdate
 from fedyolo.runtime.errors import FedyoloError
-from fedyolo.runtime.fedprox import ProximalTrainer, proximal_step
 from fedyolo.runtime.http_transport import Connection, FederationError, RetryPolicy, error_of
+from fedyolo.runtime.local import train_round as train_round
 from fedyolo.runtime.manifest import FileEntry, TaskSpec, sha256_file
 from fedyolo.runtime.trainer import Batch, Trainer
 from fedyolo.runtime.wire import ModuleWeights, decode_module, encode_module
@@ -60,130 +63,6 @@ class RoundResult:
     outcome: str  # accepted | stale (the round closed before the update arrived)
     examples: int
     metrics: dict[str, float] = field(default_factory=dict)
-
-
-@dataclass(frozen=True)
-class PendingUpdate:
-    """A trained update not yet acknowledged; its key stays the same across retries and restarts."""
-
-    task_id: str
-    round: int
-    idempotency_key: str
-    examples: int
-    metrics: dict[str, float]
-    sha256: str
-
-
-def _write_atomic(path: Path, data: bytes) -> None:
-    """temp → fsync → rename → fsync folder: a reader sees the old file or the new one, never half."""
-    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(fd, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-    dir_fd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
-
-
-class ClientState:
-    """Files of one client: `credentials.json`, and per task `pending.*` and `submitted.json`."""
-
-    def __init__(self, root: Path) -> None:
-        self.root = root
-
-    def credentials(self) -> dict[str, Any] | None:
-        path = self.root / "credentials.json"
-        return json.loads(path.read_text()) if path.is_file() else None
-
-    def save_credentials(self, url: str, client_id: int, token: str) -> None:
-        _write_atomic(
-            self.root / "credentials.json",
-            json.dumps({"url": url, "client_id": client_id, "token": token}).encode(),
-        )
-
-    def _task(self, task_id: str) -> Path:
-        return self.root / "tasks" / task_id
-
-    def pending(self, task_id: str) -> tuple[PendingUpdate, bytes] | None:
-        """The update waiting to be sent, if its body is intact."""
-        meta, body = self._task(task_id) / "pending.json", self._task(task_id) / "pending.safetensors"
-        if not meta.is_file() or not body.is_file():
-            return None
-        pending = PendingUpdate(**json.loads(meta.read_text()))
-        if sha256_file(body) != pending.sha256:
-            self.drop_pending(task_id)
-            return None
-        return pending, body.read_bytes()
-
-    def save_pending(self, pending: PendingUpdate, body: bytes) -> None:
-        # Body first: pending.json names a body that is already on disk.
-        _write_atomic(self._task(pending.task_id) / "pending.safetensors", body)
-        _write_atomic(self._task(pending.task_id) / "pending.json", json.dumps(asdict(pending)).encode())
-
-    def drop_pending(self, task_id: str) -> None:
-        for name in ("pending.json", "pending.safetensors"):
-            (self._task(task_id) / name).unlink(missing_ok=True)
-
-    def last_submitted(self, task_id: str) -> int:
-        path = self._task(task_id) / "submitted.json"
-        return int(json.loads(path.read_text())["round"]) if path.is_file() else 0
-
-    def mark_submitted(self, task_id: str, round_id: int) -> None:
-        _write_atomic(self._task(task_id) / "submitted.json", json.dumps({"round": round_id}).encode())
-
-
-def local_batches(data: Batch, batch_size: int, rng: np.random.Generator | None = None) -> Iterator[Batch]:
-    """`data` (arrays with a leading example axis) in batches; shuffled when `rng` is given."""
-    n = len(data["labels"])
-    order = rng.permutation(n) if rng is not None else np.arange(n)
-    for start in range(0, n, batch_size):
-        idx = order[start : start + batch_size]
-        yield {name: array[idx] for name, array in data.items()}
-
-
-def train_round(
-    trainer: Trainer,
-    global_weights: ModuleWeights,
-    data: Batch,
-    round_info: dict[str, Any],
-    rng: np.random.Generator,
-    eval_data: Batch | None = None,
-    on_step: Callable[[int, int, float], None] | None = None,
-) -> tuple[int, dict[str, float]]:
-    """Evaluate the global module on local data, then train it `local_epochs`; returns (examples, metrics).
-
-    `accuracy` and `loss` are the global module's on `eval_data` (or the local data) before training:
-    the federated evaluation the server averages. FedProx's term is applied when `proximal_mu` > 0.
-    """
-    examples = len(data["labels"])
-    batch_size, epochs, lr = (
-        int(round_info["batch_size"]),
-        int(round_info["local_epochs"]),
-        float(round_info["lr"]),
-    )
-    mu = float(round_info.get("proximal_mu", 0.0))
-    trainer.set_module(global_weights)
-    trainer.set_learning_rate(lr)
-    before = trainer.evaluate(local_batches(eval_data if eval_data is not None else data, batch_size))
-    if isinstance(trainer, ProximalTrainer):
-        trainer.set_proximal(global_weights, mu)
-    steps_per_epoch = -(-examples // batch_size)
-    losses = []
-    for epoch in range(epochs):
-        for i, batch in enumerate(local_batches(data, batch_size, rng)):
-            losses.append(trainer.step(batch))
-            if mu > 0 and not isinstance(trainer, ProximalTrainer):
-                trainer.set_module(proximal_step(trainer.get_module(), global_weights, lr, mu))
-            if on_step is not None:
-                on_step(epoch * steps_per_epoch + i + 1, epochs * steps_per_epoch, losses[-1])
-    metrics = {"accuracy": before.accuracy, "loss": before.loss, "train_loss": float(np.mean(losses))}
-    return examples, {k: v for k, v in metrics.items() if np.isfinite(v)}
 
 
 class FederationClient:
@@ -422,91 +301,3 @@ class FederationClient:
 def _url_key(url: str) -> str:
     parts = urlsplit(url)
     return (parts.hostname or "server") + (f"_{parts.port}" if parts.port else "")
-
-
-def status_command(url: str, verify: bool | str | os.PathLike[str] = True) -> None:
-    """`fedyolo status URL`: a table of rounds, clients, accuracy and bytes per task."""
-    from rich.console import Console
-    from rich.table import Table
-
-    conn = Connection(url, verify=verify, retry=RetryPolicy(attempts=3, base_s=0.5))
-    try:
-        status = conn.json("GET", "/v1/status")
-    finally:
-        conn.close()
-    table = Table(title=f"{url}: {status['clients_registered']} clients registered")
-    for column in (
-        "task",
-        "round",
-        "status",
-        "rounds done",
-        "updates",
-        "clients",
-        "accuracy",
-        "loss",
-        "received",
-    ):
-        table.add_column(column, justify="left" if column in ("task", "status") else "right")
-    for t in status["tasks"]:
-        table.add_row(
-            t["task_id"],
-            f"{t['round']}/{t['rounds_total']}",
-            f"{t['status']} ({t['updates']}/{t['min_clients']})" if t["status"] == "open" else t["status"],
-            str(t["rounds_committed"]),
-            str(t["updates_total"]),
-            str(t["clients"]),
-            "-" if t["accuracy"] is None else f"{t['accuracy']:.3f}",
-            "-" if t["loss"] is None else f"{t['loss']:.4f}",
-            f"{t['bytes_received'] / 1e6:.1f} MB",
-        )
-    Console().print(table)
-
-
-def client_command(
-    url: str,
-    task: str,
-    data_path: str | os.PathLike[str],
-    enroll_key: str | None = None,
-    state_dir: str | os.PathLike[str] | None = None,
-    trainer_factory: TrainerFactory | None = None,
-    data_loader: Callable[[Bundle, str, Path], Batch] | None = None,
-    rounds: int | None = None,
-    cache_dir: str | os.PathLike[str] | None = None,
-    name: str = "default",
-    verify: bool | str | os.PathLike[str] = True,
-) -> list[RoundResult]:
-    """`fedyolo client URL --task T --data FILE`: register once, fetch the bundle once, train rounds.
-
-    `trainer_factory(bundle, task)` builds the runtime trainer; `data_loader(bundle, task, path)` reads
-    the local examples into arrays. The CLI supplies both.
-    """
-    from rich.console import Console
-
-    if trainer_factory is None or data_loader is None:
-        raise FedyoloError("client_command needs a trainer factory and a data loader (the CLI passes them)")
-    console = Console(stderr=True)
-    shown: dict[str, float] = {}
-
-    def show(p: Progress) -> None:
-        if p.stage in ("download", "train"):  # throttle: a line per 10 % of the work
-            step = int(10 * p.done / p.total) if p.total else 0
-            if shown.get(p.stage + p.detail.split()[0]) == step:
-                return
-            shown[p.stage + p.detail.split()[0]] = step
-            console.log(f"{p.stage} {p.detail}: {100 * p.done / max(p.total, 1):.0f} %")
-        else:
-            console.log(f"{p.stage} {p.task_id} round {p.round}: {p.detail}")
-
-    with FederationClient(url, name=name, state_dir=state_dir, verify=verify, on_progress=show) as client:
-        if not client.registered:
-            if not enroll_key:
-                raise FedyoloError("this client is not registered yet: pass the server's --enroll-key once")
-            console.log(
-                f"registered as client {client.register(enroll_key)}; token kept in {client.state.root}"
-            )
-        bundle = client.sync_bundle(cache_dir, tasks=[task])
-        data = data_loader(bundle, task, Path(data_path))
-        results = client.run(task, trainer_factory, data, rounds=rounds, bundle=bundle)
-    accepted = [r for r in results if r.outcome == "accepted"]
-    console.log(f"{len(accepted)} updates accepted for task {task!r}")
-    return results

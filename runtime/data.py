@@ -193,9 +193,15 @@ class TextEncoder:
 
 
 def iter_batches(
-    arrays: dict[str, np.ndarray], batch_size: int, shuffle: bool = False, seed: int | None = None
+    arrays: dict[str, np.ndarray],
+    batch_size: int,
+    shuffle: bool = False,
+    seed: int | np.random.Generator | None = None,
 ) -> Iterator[dict[str, np.ndarray]]:
-    """Slice every array on axis 0 into batches of `batch_size`; the last partial batch is kept."""
+    """Slice every array on axis 0 into batches of `batch_size`; the last partial batch is kept.
+
+    seed: of the shuffle, or a generator to draw the order from (it advances the generator's stream).
+    """
     if batch_size < 1:
         raise ValueError(f"batch_size must be at least 1, got {batch_size}")
     sizes = {name: len(a) for name, a in arrays.items()}

@@ -1,21 +1,25 @@
 """Local training on the device: encode a task's examples, run epochs through any `Trainer`, evaluate.
 
-The federated client, `fedyolo train`, the simulation and the fully-local baseline share this loop.
+One loop, `local_steps`, serves the federated client's round (`train_round`), `fedyolo train`, the
+simulation and the fully-local baseline.
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
 from fedyolo.runtime.bundle import Bundle
 from fedyolo.runtime.data import Example, TextEncoder, check_labels, iter_batches, label_ids
 from fedyolo.runtime.errors import DataError
+from fedyolo.runtime.fedprox import ProximalTrainer, proximal_step
 from fedyolo.runtime.manifest import TaskSpec
 from fedyolo.runtime.trainer import EvalResult, Trainer
+from fedyolo.runtime.wire import ModuleWeights
 
 Arrays = dict[str, np.ndarray]
 StepCallback = Callable[[int, float], None]  # (step index in the epoch, loss)
@@ -46,6 +50,30 @@ def encode_examples(
     return arrays
 
 
+def local_steps(
+    trainer: Trainer,
+    train: Arrays,
+    epochs: int,
+    batch_size: int,
+    shuffle: int | np.random.Generator = 0,
+    lr_at: Callable[[int], float] | None = None,
+) -> Iterator[tuple[int, int, float]]:
+    """`epochs` shuffled passes of `trainer.step` over `train`; yields (epoch, step in the epoch, loss).
+
+    shuffle: a seed, epoch `e` then shuffled by `seed + e` whatever ran before; or a generator each
+    epoch draws its order from (a client's stream, carried on from round to round).
+    lr_at: learning rate for the step with this index (counted from 0 over all epochs), if scheduled.
+    """
+    step = 0
+    for epoch in range(epochs):
+        seed = shuffle if isinstance(shuffle, np.random.Generator) else shuffle + epoch
+        for i, batch in enumerate(iter_batches(train, batch_size, shuffle=True, seed=seed)):
+            if lr_at is not None:
+                trainer.set_learning_rate(lr_at(step))
+            step += 1
+            yield epoch, i, trainer.step(batch)
+
+
 def train_epochs(
     trainer: Trainer,
     train: Arrays,
@@ -59,24 +87,57 @@ def train_epochs(
 
     lr_at: learning rate for the step with this index (counted from 0 over all epochs), if scheduled.
     """
-    means = []
-    step = 0
-    for epoch in range(epochs):
-        losses = []
-        for i, batch in enumerate(iter_batches(train, batch_size, shuffle=True, seed=seed + epoch)):
-            if lr_at is not None:
-                trainer.set_learning_rate(lr_at(step))
-            step += 1
-            loss = trainer.step(batch)
-            if not np.isfinite(loss):
-                raise FloatingPointError(
-                    f"training loss became {loss} at epoch {epoch + 1}, step {i + 1}; lower the learning rate"
-                )
-            losses.append(loss)
-            if on_step is not None:
-                on_step(i, loss)
-        means.append(float(np.mean(losses)) if losses else float("nan"))
-    return means
+    losses: list[list[float]] = [[] for _ in range(epochs)]
+    for epoch, i, loss in local_steps(trainer, train, epochs, batch_size, seed, lr_at):
+        if not np.isfinite(loss):
+            raise FloatingPointError(
+                f"training loss became {loss} at epoch {epoch + 1}, step {i + 1}; lower the learning rate"
+            )
+        losses[epoch].append(loss)
+        if on_step is not None:
+            on_step(i, loss)
+    return [float(np.mean(epoch_losses)) if epoch_losses else float("nan") for epoch_losses in losses]
+
+
+def train_round(
+    trainer: Trainer,
+    global_weights: ModuleWeights,
+    data: Arrays,
+    round_info: dict[str, Any],
+    rng: np.random.Generator,
+    eval_data: Arrays | None = None,
+    on_step: Callable[[int, int, float], None] | None = None,
+) -> tuple[int, dict[str, float]]:
+    """Evaluate the global module on local data, then train it `local_epochs`; returns (examples, metrics).
+
+    `accuracy` and `loss` are the global module's on `eval_data` (or the local data) before training:
+    the federated evaluation the server averages. FedProx's term is applied when `proximal_mu` > 0.
+    Each epoch's order is drawn from `rng`; on_step(steps done, steps in all, loss).
+    """
+    examples = len(data["labels"])
+    batch_size, epochs, lr = (
+        int(round_info["batch_size"]),
+        int(round_info["local_epochs"]),
+        float(round_info["lr"]),
+    )
+    mu = float(round_info.get("proximal_mu", 0.0))
+    trainer.set_module(global_weights)
+    trainer.set_learning_rate(lr)
+    before = trainer.evaluate(iter_batches(eval_data if eval_data is not None else data, batch_size))
+    if isinstance(trainer, ProximalTrainer):
+        trainer.set_proximal(global_weights, mu)
+    # Any other trainer is pulled from outside, which also resets its optimiser (fedprox.py).
+    pull_after_step = mu > 0 and not isinstance(trainer, ProximalTrainer)
+    steps_per_epoch = -(-examples // batch_size)
+    losses = []
+    for epoch, i, loss in local_steps(trainer, data, epochs, batch_size, rng):
+        losses.append(loss)
+        if pull_after_step:
+            trainer.set_module(proximal_step(trainer.get_module(), global_weights, lr, mu))
+        if on_step is not None:
+            on_step(epoch * steps_per_epoch + i + 1, epochs * steps_per_epoch, loss)
+    metrics = {"accuracy": before.accuracy, "loss": before.loss, "train_loss": float(np.mean(losses))}
+    return examples, {k: v for k, v in metrics.items() if np.isfinite(v)}
 
 
 def linear_decay(lr: float, total_steps: int, offset: int = 0) -> Callable[[int], float]:

@@ -1,126 +1,28 @@
-"""The federated client against a real server (uvicorn on a thread), with an honest numpy trainer."""
+"""The federated client against a real server (uvicorn on a thread), with an honest numpy trainer: rounds
+learn, a killed client re-sends its update once, clients of one machine keep apart, the status table."""
 
 from __future__ import annotations
 
 import json
 import threading
-from collections.abc import Iterable
-from contextlib import ExitStack
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-import httpx
 import numpy as np
 import pytest
 
 from fedyolo.fedserver.config import ServerConfig
 from fedyolo.fedserver.serve import serve_in_thread
-from fedyolo.fedserver.synthetic import build_bundle, head_module
 from fedyolo.runtime import client as client_module
 from fedyolo.runtime.bundle import Bundle
-from fedyolo.runtime.client import FederationClient, PendingUpdate, Progress, status_command
+from fedyolo.runtime.client import FederationClient, PendingUpdate, Progress
+from fedyolo.runtime.client_command import status_command
 from fedyolo.runtime.errors import FedyoloError
-from fedyolo.runtime.fedprox import proximal_step
-from fedyolo.runtime.http_transport import Connection, FederationError, RetryPolicy
-from fedyolo.runtime.manifest import TaskSpec
-from fedyolo.runtime.trainer import Batch, EvalResult
-from fedyolo.runtime.wire import ModuleWeights, check_module, decode_module
+from fedyolo.runtime.trainer import Batch
+from fedyolo.runtime.wire import ModuleWeights
 
-KEY = "client-test-enroll-key-01234"
-LABELS, HIDDEN, VOCAB, SEQ = 5, 32, 200, 12
-FAST = RetryPolicy(attempts=5, base_s=0.01, max_s=0.05)
-
-
-class SoftmaxTrainer:
-    """A linear softmax head over frozen features (mean of the backbone's token embeddings), trained by SGD.
-
-    Honest: real gradients, the manifest's tensor names, the Trainer protocol's verbs.
-    """
-
-    def __init__(self, bundle: Bundle, task_id: str) -> None:
-        self.task: TaskSpec = bundle.task(task_id)
-        spec = bundle.manifest.backbone.tensors[0]
-        self.embeddings = np.fromfile(bundle.backbone_path, dtype=np.float32).reshape(spec.shape)
-        self.weights: ModuleWeights = {}
-        self.lr = 0.1
-
-    def _features(self, batch: Batch) -> np.ndarray:
-        mask = batch["attention_mask"].astype(np.float32)[..., None]
-        return (self.embeddings[batch["input_ids"]] * mask).sum(1) / mask.sum(1)
-
-    def predict(self, batch: Batch) -> np.ndarray:
-        return self._features(batch) @ self.weights["head.weight"].T + self.weights["head.bias"]
-
-    def _loss_grad(self, batch: Batch) -> tuple[float, np.ndarray, np.ndarray, np.ndarray]:
-        x = self._features(batch)
-        logits = x @ self.weights["head.weight"].T + self.weights["head.bias"]
-        logits -= logits.max(1, keepdims=True)
-        p = np.exp(logits) / np.exp(logits).sum(1, keepdims=True)
-        y = batch["labels"]
-        loss = float(-np.log(p[np.arange(len(y)), y] + 1e-12).mean())
-        p[np.arange(len(y)), y] -= 1.0
-        return loss, p / len(y), x, logits
-
-    def step(self, batch: Batch) -> float:
-        loss, g, x, _ = self._loss_grad(batch)
-        self.weights["head.weight"] -= (self.lr * g.T @ x).astype(np.float32)
-        self.weights["head.bias"] -= (self.lr * g.sum(0)).astype(np.float32)
-        return loss
-
-    def evaluate(self, batches: Iterable[Batch]) -> EvalResult:
-        loss_sum, correct, n = 0.0, 0, 0
-        for batch in batches:
-            loss, _, _, logits = self._loss_grad(batch)
-            loss_sum += loss * len(batch["labels"])
-            correct += int((logits.argmax(1) == batch["labels"]).sum())
-            n += len(batch["labels"])
-        return EvalResult(loss=loss_sum / n, accuracy=correct / n, examples=n)
-
-    def get_module(self) -> ModuleWeights:
-        return {k: v.copy() for k, v in self.weights.items()}
-
-    def set_module(self, weights: ModuleWeights) -> None:
-        check_module(weights, self.task)
-        self.weights = {k: v.astype(np.float32, copy=True) for k, v in weights.items()}
-
-    def set_learning_rate(self, lr: float) -> None:
-        self.lr = lr
-
-
-def make_data(n: int, seed: int, label_probs: np.ndarray | None = None) -> Batch:
-    """Each label owns a block of 40 tokens; an example draws ~85 % of its tokens from its label's block."""
-    rng = np.random.default_rng(seed)
-    labels = rng.choice(LABELS, size=n, p=label_probs)
-    own = rng.integers(0, 40, size=(n, SEQ)) + 40 * labels[:, None]
-    noise = rng.integers(0, VOCAB, size=(n, SEQ))
-    ids = np.where(rng.random((n, SEQ)) < 0.85, own, noise)
-    return {
-        "input_ids": ids.astype(np.int64),
-        "attention_mask": np.ones((n, SEQ), dtype=np.int64),
-        "labels": labels.astype(np.int64),
-    }
-
-
-@pytest.fixture
-def bundle_dir(tmp_path: Path) -> Path:
-    return build_bundle(
-        tmp_path / "bundle", tasks={"topics": head_module(HIDDEN, LABELS)}, vocab=VOCAB, hidden=HIDDEN
-    )
-
-
-@pytest.fixture
-def config(tmp_path: Path, bundle_dir: Path) -> ServerConfig:
-    return ServerConfig(
-        bundle_dir=bundle_dir,
-        state_dir=tmp_path / "server",
-        rounds=4,
-        min_clients=3,
-        local_epochs=3,
-        lr=2.0,
-        batch_size=16,
-        enroll_key=KEY,
-    )
+from .conftest import FAST, KEY, SoftmaxTrainer, make_data
 
 
 def accuracy(bundle: Bundle, weights: ModuleWeights, data: Batch) -> float:
@@ -233,111 +135,6 @@ def _updates(config: ServerConfig) -> list[tuple[str, str]]:
     return [tuple(r) for r in rows]
 
 
-def test_requests_retry_with_exponential_backoff_until_the_server_is_up(
-    tmp_path: Path, config: ServerConfig
-) -> None:
-    # Prepare: nothing listens yet; the third back-off starts the server on that port.
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    delays: list[float] = []
-    stack = ExitStack()
-
-    def sleep(seconds: float) -> None:
-        delays.append(seconds)
-        if len(delays) == 3:
-            stack.enter_context(serve_in_thread(config, port=port))
-
-    conn = Connection(
-        f"http://127.0.0.1:{port}", retry=RetryPolicy(attempts=6, base_s=0.1, max_s=1.0), sleep=sleep
-    )
-    # Execute
-    with stack:
-        answer = conn.json("GET", "/healthz")
-    conn.close()
-    # Assert
-    assert answer == {"ok": True}
-    assert len(delays) == 3
-    assert 0.05 <= delays[0] <= 0.1 and 0.1 <= delays[1] <= 0.2 and 0.2 <= delays[2] <= 0.4
-
-
-def test_upload_retries_5xx_with_the_same_idempotency_key_and_gives_up_on_4xx() -> None:
-    # Prepare: a server that fails twice, then accepts; and one that refuses.
-    seen: list[str] = []
-
-    def flaky(request: httpx.Request) -> httpx.Response:
-        seen.append(request.headers["idempotency-key"])
-        if len(seen) < 3:
-            return httpx.Response(503, json={"code": "internal", "detail": "busy"})
-        return httpx.Response(201, json={"update_id": 1})
-
-    def refusing(request: httpx.Request) -> httpx.Response:
-        return httpx.Response(422, json={"code": "invalid_update", "detail": "NaN"})
-
-    pending = PendingUpdate("topics", 1, "key-abcdef12", 3, {}, "0" * 64)
-    # Execute
-    with FederationClient(
-        "http://fed.test", state_dir=Path("/nonexistent/a"), retry=FAST, transport=httpx.MockTransport(flaky)
-    ) as c:
-        answer = c.upload(pending, b"body")
-    with (
-        FederationClient(
-            "http://fed.test",
-            state_dir=Path("/nonexistent/b"),
-            retry=FAST,
-            transport=httpx.MockTransport(refusing),
-        ) as c,
-        pytest.raises(FederationError) as refused,
-    ):
-        c.upload(pending, b"body")
-    # Assert
-    assert answer == {"update_id": 1}
-    assert seen == ["key-abcdef12"] * 3
-    assert refused.value.code == "invalid_update" and refused.value.status == 422
-
-
-def test_bundle_sync_resumes_a_partial_download_and_fetches_each_file_once(
-    tmp_path: Path, config: ServerConfig, bundle_dir: Path
-) -> None:
-    # Prepare: half of the backbone is already there from an interrupted download.
-    backbone = (bundle_dir / "backbone" / "backbone.bin").read_bytes()
-    cache = tmp_path / "cache"
-    (cache / "backbone").mkdir(parents=True)
-    (cache / "backbone" / "backbone.bin.part").write_bytes(backbone[: len(backbone) // 2])
-    events: list[Progress] = []
-    with (
-        serve_in_thread(config) as url,
-        FederationClient(url, state_dir=tmp_path / "c", on_progress=events.append) as c,
-    ):
-        c.register(KEY)
-        # Execute
-        first = c.sync_bundle(cache)
-        fetched_first = [e for e in events if e.stage == "download"]
-        events.clear()
-        second = c.sync_bundle(cache)
-    # Assert
-    got = max(e.done for e in fetched_first if e.detail == "backbone/backbone.bin")
-    assert got == len(backbone) - len(backbone) // 2  # only the missing half travelled
-    assert (cache / "backbone" / "backbone.bin").read_bytes() == backbone
-    assert not [e for e in events if e.stage == "download"]  # nothing travels twice
-    assert first.manifest == second.manifest
-
-
-def test_a_corrupt_partial_download_is_detected_and_fetched_again(
-    tmp_path: Path, config: ServerConfig, bundle_dir: Path
-) -> None:
-    backbone = (bundle_dir / "backbone" / "backbone.bin").read_bytes()
-    cache = tmp_path / "cache"
-    (cache / "backbone").mkdir(parents=True)
-    (cache / "backbone" / "backbone.bin.part").write_bytes(b"\xff" * 1000)  # wrong bytes
-    with serve_in_thread(config) as url, FederationClient(url, state_dir=tmp_path / "c") as c:
-        c.register(KEY)
-        c.sync_bundle(cache)
-    assert (cache / "backbone" / "backbone.bin").read_bytes() == backbone
-
-
 def test_clients_on_one_machine_keep_their_own_state(
     tmp_path: Path, config: ServerConfig, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -358,38 +155,6 @@ def test_clients_on_one_machine_keep_their_own_state(
     assert oct((tmp_path / "home" / "clients" / "phone-a" / "credentials.json").stat().st_mode)[-3:] == "600"
 
 
-def test_proximal_step_pulls_towards_the_global_module() -> None:
-    w = {"a": np.array([1.0, -2.0], dtype=np.float32)}
-    g = {"a": np.array([0.0, 0.0], dtype=np.float32)}
-    out = proximal_step(w, g, lr=0.5, mu=0.2)
-    np.testing.assert_allclose(out["a"], [0.9, -1.8])
-    assert out["a"].dtype == np.float32
-    np.testing.assert_array_equal(proximal_step(w, g, lr=0.5, mu=0.0)["a"], w["a"])
-    with pytest.raises(ValueError):
-        proximal_step(w, g, lr=0.5, mu=-1.0)
-
-
-def test_fedprox_keeps_local_training_closer_to_the_global_module(bundle_dir: Path) -> None:
-    # Prepare
-    from fedyolo.runtime.bundle import open_bundle
-    from fedyolo.runtime.client import train_round
-
-    bundle = open_bundle(bundle_dir)
-    task = bundle.task("topics")
-    start = decode_module((bundle_dir / "tasks/topics/module.safetensors").read_bytes(), task)
-    data = make_data(64, seed=3, label_probs=np.array([0.9, 0.1, 0, 0, 0]))
-    info = {"batch_size": 16, "local_epochs": 3, "lr": 0.5}
-    drift = {}
-    for mu in (0.0, 1.0):
-        trainer = SoftmaxTrainer(bundle, "topics")
-        # Execute
-        train_round(trainer, start, data, info | {"proximal_mu": mu}, np.random.default_rng(0))
-        w = trainer.get_module()
-        drift[mu] = np.sqrt(sum(((w[k] - start[k]) ** 2).sum() for k in w))
-    # Assert
-    assert drift[1.0] < 0.8 * drift[0.0]
-
-
 def test_status_command_prints_rounds_clients_and_bytes(
     tmp_path: Path, config: ServerConfig, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -400,27 +165,3 @@ def test_status_command_prints_rounds_clients_and_bytes(
         status_command(url)
     out = capsys.readouterr().out
     assert "topics" in out and "1 clients registered" in out and "MB" in out
-
-
-def test_a_listing_that_points_outside_the_cache_is_refused(tmp_path: Path) -> None:
-    # Prepare: a hostile server whose bundle listing names a file outside the bundle
-    import httpx
-
-    from fedyolo.runtime.client import FederationClient
-    from fedyolo.runtime.http_transport import FederationError
-
-    listing = {"files": [{"path": "../../escaped.txt", "sha256": "0" * 64, "bytes": 4}]}
-
-    def handler(request: httpx.Request) -> httpx.Response:
-        if request.url.path == "/v1/bundle":
-            return httpx.Response(200, json=listing)
-        return httpx.Response(200, content=b"evil")
-
-    client = FederationClient(
-        "http://hostile", state_dir=tmp_path / "state", transport=httpx.MockTransport(handler)
-    )
-
-    # Execute / Assert
-    with pytest.raises(FederationError, match="outside the bundle"):
-        client.sync_bundle(tmp_path / "cache")
-    assert not (tmp_path / "escaped.txt").exists()

@@ -1,5 +1,5 @@
-"""FedProx inside `OrtTrainer.step`: the pull towards the round's global module keeps AdamW's moments
-(the client's fallback through `set_module` reset them after every step), and it really pulls."""
+"""FedProx: the proximal step itself; the client's fallback through `set_module` for a plain trainer; and
+the pull inside `OrtTrainer.step`, which keeps AdamW's moments (the fallback reset them after every step)."""
 
 from __future__ import annotations
 
@@ -10,13 +10,15 @@ import pytest
 
 from fedyolo.runtime.bundle import Bundle, open_bundle
 from fedyolo.runtime.client import train_round
-from fedyolo.runtime.fedprox import ProximalTrainer
+from fedyolo.runtime.fedprox import ProximalTrainer, proximal_step
 from fedyolo.runtime.local import encode_examples
 from fedyolo.runtime.manifest import MODULE_WEIGHTS
 from fedyolo.runtime.ort_trainer import OrtTrainer
 from fedyolo.runtime.trainer import Batch
 from fedyolo.runtime.wire import ModuleWeights, decode_module
 from fedyolo.tasks import load_task
+
+from .conftest import SoftmaxTrainer, make_data
 
 ROUND = {"batch_size": 16, "local_epochs": 2, "lr": 5e-3}
 
@@ -37,14 +39,40 @@ def initial(bundle: Bundle) -> ModuleWeights:
 
 def trained(trainer: OrtTrainer, data: Batch, mu: float) -> ModuleWeights:
     """The module after one round of `ROUND` with FedProx's `mu`, from the bundle's initial module."""
-    train_round(
-        trainer, initial(bundle=trainer.bundle), data, ROUND | {"proximal_mu": mu}, np.random.default_rng(0)
-    )
+    train_round(trainer, initial(trainer.bundle), data, ROUND | {"proximal_mu": mu}, np.random.default_rng(0))
     return trainer.get_module()
 
 
 def distance(a: ModuleWeights, b: ModuleWeights) -> float:
     return float(np.sqrt(sum(((a[k] - b[k]) ** 2).sum() for k in a)))
+
+
+def test_proximal_step_pulls_towards_the_global_module() -> None:
+    w = {"a": np.array([1.0, -2.0], dtype=np.float32)}
+    g = {"a": np.array([0.0, 0.0], dtype=np.float32)}
+    out = proximal_step(w, g, lr=0.5, mu=0.2)
+    np.testing.assert_allclose(out["a"], [0.9, -1.8])
+    assert out["a"].dtype == np.float32
+    np.testing.assert_array_equal(proximal_step(w, g, lr=0.5, mu=0.0)["a"], w["a"])
+    with pytest.raises(ValueError):
+        proximal_step(w, g, lr=0.5, mu=-1.0)
+
+
+def test_fedprox_keeps_local_training_closer_to_the_global_module(bundle_dir: Path) -> None:
+    # Prepare: a trainer without `set_proximal`, pulled by the client through `set_module`
+    bundle = open_bundle(bundle_dir)
+    task = bundle.task("topics")
+    start = decode_module((bundle_dir / "tasks/topics/module.safetensors").read_bytes(), task)
+    data = make_data(64, seed=3, label_probs=np.array([0.9, 0.1, 0, 0, 0]))
+    info = {"batch_size": 16, "local_epochs": 3, "lr": 0.5}
+    drift = {}
+    for mu in (0.0, 1.0):
+        trainer = SoftmaxTrainer(bundle, "topics")
+        # Execute
+        train_round(trainer, start, data, info | {"proximal_mu": mu}, np.random.default_rng(0))
+        drift[mu] = distance(trainer.get_module(), start)
+    # Assert
+    assert drift[1.0] < 0.8 * drift[0.0]
 
 
 def test_the_ort_trainer_applies_fedprox_itself(bundle: Bundle) -> None:

@@ -1,0 +1,141 @@
+"""The client's transfers: back-off until the server is up, retries under one idempotency key, bundle
+downloads that resume, re-fetch what arrived damaged and never write outside the cache."""
+
+from __future__ import annotations
+
+from contextlib import ExitStack
+from pathlib import Path
+
+import httpx
+import pytest
+
+from fedyolo.fedserver.config import ServerConfig
+from fedyolo.fedserver.serve import serve_in_thread
+from fedyolo.runtime.client import FederationClient, PendingUpdate, Progress
+from fedyolo.runtime.http_transport import Connection, FederationError, RetryPolicy
+
+from .conftest import FAST, KEY
+
+
+def test_requests_retry_with_exponential_backoff_until_the_server_is_up(
+    tmp_path: Path, config: ServerConfig
+) -> None:
+    # Prepare: nothing listens yet; the third back-off starts the server on that port.
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    delays: list[float] = []
+    stack = ExitStack()
+
+    def sleep(seconds: float) -> None:
+        delays.append(seconds)
+        if len(delays) == 3:
+            stack.enter_context(serve_in_thread(config, port=port))
+
+    conn = Connection(
+        f"http://127.0.0.1:{port}", retry=RetryPolicy(attempts=6, base_s=0.1, max_s=1.0), sleep=sleep
+    )
+    # Execute
+    with stack:
+        answer = conn.json("GET", "/healthz")
+    conn.close()
+    # Assert
+    assert answer == {"ok": True}
+    assert len(delays) == 3
+    assert 0.05 <= delays[0] <= 0.1 and 0.1 <= delays[1] <= 0.2 and 0.2 <= delays[2] <= 0.4
+
+
+def test_upload_retries_5xx_with_the_same_idempotency_key_and_gives_up_on_4xx() -> None:
+    # Prepare: a server that fails twice, then accepts; and one that refuses.
+    seen: list[str] = []
+
+    def flaky(request: httpx.Request) -> httpx.Response:
+        seen.append(request.headers["idempotency-key"])
+        if len(seen) < 3:
+            return httpx.Response(503, json={"code": "internal", "detail": "busy"})
+        return httpx.Response(201, json={"update_id": 1})
+
+    def refusing(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(422, json={"code": "invalid_update", "detail": "NaN"})
+
+    pending = PendingUpdate("topics", 1, "key-abcdef12", 3, {}, "0" * 64)
+    # Execute
+    with FederationClient(
+        "http://fed.test", state_dir=Path("/nonexistent/a"), retry=FAST, transport=httpx.MockTransport(flaky)
+    ) as c:
+        answer = c.upload(pending, b"body")
+    with (
+        FederationClient(
+            "http://fed.test",
+            state_dir=Path("/nonexistent/b"),
+            retry=FAST,
+            transport=httpx.MockTransport(refusing),
+        ) as c,
+        pytest.raises(FederationError) as refused,
+    ):
+        c.upload(pending, b"body")
+    # Assert
+    assert answer == {"update_id": 1}
+    assert seen == ["key-abcdef12"] * 3
+    assert refused.value.code == "invalid_update" and refused.value.status == 422
+
+
+def test_bundle_sync_resumes_a_partial_download_and_fetches_each_file_once(
+    tmp_path: Path, config: ServerConfig, bundle_dir: Path
+) -> None:
+    # Prepare: half of the backbone is already there from an interrupted download.
+    backbone = (bundle_dir / "backbone" / "backbone.bin").read_bytes()
+    cache = tmp_path / "cache"
+    (cache / "backbone").mkdir(parents=True)
+    (cache / "backbone" / "backbone.bin.part").write_bytes(backbone[: len(backbone) // 2])
+    events: list[Progress] = []
+    with (
+        serve_in_thread(config) as url,
+        FederationClient(url, state_dir=tmp_path / "c", on_progress=events.append) as c,
+    ):
+        c.register(KEY)
+        # Execute
+        first = c.sync_bundle(cache)
+        fetched_first = [e for e in events if e.stage == "download"]
+        events.clear()
+        second = c.sync_bundle(cache)
+    # Assert
+    got = max(e.done for e in fetched_first if e.detail == "backbone/backbone.bin")
+    assert got == len(backbone) - len(backbone) // 2  # only the missing half travelled
+    assert (cache / "backbone" / "backbone.bin").read_bytes() == backbone
+    assert not [e for e in events if e.stage == "download"]  # nothing travels twice
+    assert first.manifest == second.manifest
+
+
+def test_a_corrupt_partial_download_is_detected_and_fetched_again(
+    tmp_path: Path, config: ServerConfig, bundle_dir: Path
+) -> None:
+    backbone = (bundle_dir / "backbone" / "backbone.bin").read_bytes()
+    cache = tmp_path / "cache"
+    (cache / "backbone").mkdir(parents=True)
+    (cache / "backbone" / "backbone.bin.part").write_bytes(b"\xff" * 1000)  # wrong bytes
+    with serve_in_thread(config) as url, FederationClient(url, state_dir=tmp_path / "c") as c:
+        c.register(KEY)
+        c.sync_bundle(cache)
+    assert (cache / "backbone" / "backbone.bin").read_bytes() == backbone
+
+
+def test_a_listing_that_points_outside_the_cache_is_refused(tmp_path: Path) -> None:
+    # Prepare: a hostile server whose bundle listing names a file outside the bundle
+    listing = {"files": [{"path": "../../escaped.txt", "sha256": "0" * 64, "bytes": 4}]}
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        if request.url.path == "/v1/bundle":
+            return httpx.Response(200, json=listing)
+        return httpx.Response(200, content=b"evil")
+
+    client = FederationClient(
+        "http://hostile", state_dir=tmp_path / "state", transport=httpx.MockTransport(handler)
+    )
+
+    # Execute / Assert
+    with pytest.raises(FederationError, match="outside the bundle"):
+        client.sync_bundle(tmp_path / "cache")
+    assert not (tmp_path / "escaped.txt").exists()
