@@ -16,14 +16,17 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from rich.console import Console
 from safetensors.numpy import save as st_save
 
+from fedyolo.demo.processes import Children
 from fedyolo.demo.watch import ClientView
 from fedyolo.runtime.client import FederationClient, PendingUpdate
 from fedyolo.runtime.http_transport import FederationError, RetryPolicy
 from fedyolo.runtime.manifest import TaskSpec
 
 KILL_AT_PERCENT = 20  # well inside the round's training, past the download and the first steps
+RESTART_AFTER_S = 1.0
 
 
 @dataclass
@@ -42,6 +45,36 @@ class KillPlan:
             and view.round >= self.round
             and view.percent >= KILL_AT_PERCENT
         )
+
+
+def kill_and_restart(children: Children, view: ClientView, console: Console) -> list[dict[str, Any]]:
+    """SIGKILL the client `view` shows, then start it again from its state dir; the two events."""
+    children.kill(view.name)
+    kill: dict[str, Any] = {
+        "kind": "kill",
+        "client": view.name,
+        "task": view.task,
+        "round": view.round,
+        "percent": view.percent,
+        "signal": "SIGKILL",
+        "time": time.time(),
+    }
+    console.print(
+        f"[yellow]chaos[/]: killed {view.name} (SIGKILL) at {view.percent} % of round {view.round}; "
+        f"restarting it from its state dir"
+    )
+    view.stage = "killed"
+    time.sleep(RESTART_AFTER_S)
+    children.restart(view.name)
+    view.stage = "starting"
+    restart = {
+        "kind": "restart",
+        "client": view.name,
+        "task": view.task,
+        "round": view.round,
+        "time": time.time(),
+    }
+    return [kill, restart]
 
 
 def nan_update(url: str, enroll_key: str, task: TaskSpec, state_dir: Path) -> dict[str, Any]:
