@@ -119,6 +119,9 @@ def train_plain(
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--repeats", type=int, default=3)
+    p.add_argument(
+        "--first-seed", type=int, default=0, help="repeats use seeds first-seed, first-seed+1, ..."
+    )
     p.add_argument("--clients", type=int, default=4)
     p.add_argument(
         "--schedules",
@@ -166,7 +169,7 @@ def main() -> int:
         runs.setdefault(name, []).append(entry)
         print(f"seed {entry['seed']} {name}: {entry['accuracy']:.1%} ({seconds:.0f} s)", flush=True)
 
-    for seed in range(args.repeats):
+    for seed in range(args.first_seed, args.first_seed + args.repeats):
         partitions = {
             alpha: dirichlet_partition(topics.train, topics.labels, args.clients, alpha, seed)
             for alpha in alphas
@@ -203,7 +206,9 @@ def main() -> int:
                         "client_sizes": [len(x) for x in shares],
                     }
                     record(f"{name}: federated alpha={alpha:g} {r}x{e}", entry, time.perf_counter() - t)
-                if seed == 0 and not args.no_local:  # the fully-local baseline costs a federated run: once
+                if (
+                    seed == args.first_seed and not args.no_local
+                ):  # the fully-local baseline costs a federated run: once
                     t = time.perf_counter()
                     local = [
                         train_plain(trainer, initial, data, test, passes, recipe, args.batch_size, seed)[-1]
