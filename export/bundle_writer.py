@@ -33,6 +33,7 @@ from fedyolo.export.backbone_store import (
 from fedyolo.export.backbones import Backbone
 from fedyolo.export.classifier import TaskModel
 from fedyolo.export.onnx_export import OnnxArtifacts
+from fedyolo.runtime.durable import write_atomic
 from fedyolo.runtime.errors import BundleError
 from fedyolo.runtime.manifest import (
     BACKBONE_FILE,
@@ -272,13 +273,4 @@ def _usual_modes(root: Path) -> None:
 
 
 def _write_manifest(root: Path, manifest: Manifest) -> None:
-    tmp = root / (MANIFEST_NAME + ".tmp")
-    try:
-        with open(tmp, "w") as f:
-            f.write(manifest.to_json())
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, root / MANIFEST_NAME)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+    write_atomic(root / MANIFEST_NAME, manifest.to_json().encode(), mode=0o666)  # 0666 less the umask

@@ -10,11 +10,9 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import sqlite3
 import struct
 import threading
-import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -26,6 +24,7 @@ from safetensors.numpy import save as st_save
 
 from fedyolo.fedserver.errors import ServerConfigError
 from fedyolo.fedserver.strategies import StrategyState
+from fedyolo.runtime.durable import fsync_dir, write_atomic
 
 SCHEMA_VERSION = 1
 DB_NAME = "fedserver.sqlite3"
@@ -89,14 +88,6 @@ def sha256_hex(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 class BlobStore:
     """Immutable files named by their sha256, under `root/ab/abcdef…`."""
 
@@ -104,7 +95,7 @@ class BlobStore:
         self.root = root
         self.tmp = root / "tmp"
         self.tmp.mkdir(parents=True, exist_ok=True)
-        _fsync_dir(root)
+        fsync_dir(root)
 
     def path(self, sha: str) -> Path:
         return self.root / sha[:2] / sha
@@ -118,14 +109,8 @@ class BlobStore:
         folder = final.parent
         if not folder.exists():
             folder.mkdir(exist_ok=True)
-            _fsync_dir(self.root)
-        tmp = self.tmp / f"{sha}.{uuid.uuid4().hex}"
-        with open(tmp, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, final)
-        _fsync_dir(folder)
+            fsync_dir(self.root)
+        write_atomic(final, data, mode=0o666, tmp_dir=self.tmp)  # 0666 less the umask, as open() makes
         return sha
 
     def get(self, sha: str) -> bytes:

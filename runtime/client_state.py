@@ -5,12 +5,11 @@ file: it re-sends the same update under the same idempotency key and the server 
 from __future__ import annotations
 
 import json
-import os
-import uuid
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from fedyolo.runtime.durable import write_atomic
 from fedyolo.runtime.manifest import sha256_file
 
 
@@ -27,20 +26,9 @@ class PendingUpdate:
 
 
 def _write_atomic(path: Path, data: bytes) -> None:
-    """temp → fsync → rename → fsync folder: a reader sees the old file or the new one, never half."""
+    """A private file (0600) in a private folder (0700), written atomically."""
     path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(fd, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-    dir_fd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
+    write_atomic(path, data)
 
 
 class ClientState:
