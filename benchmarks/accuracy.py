@@ -39,11 +39,11 @@ import numpy as np
 
 from fedyolo.demo.forgetting import TaskSplit, joint_labels, run_forgetting
 from fedyolo.demo.plan import initial_module, stratified_sample
-from fedyolo.fedserver.strategies import StrategyParams, round_lr
 from fedyolo.runtime.bundle import Bundle, open_bundle
 from fedyolo.runtime.local import Arrays, encode_examples, evaluate_arrays, train_epochs
 from fedyolo.runtime.ort_trainer import OrtTrainer, SharedBackbone
-from fedyolo.simulate import FederationSettings, run_federation
+from fedyolo.runtime.plan import FederationPlan, StrategyParams, round_lr
+from fedyolo.simulate import Cohort, run_federation
 from fedyolo.tasks import dirichlet_partition, load_task
 
 
@@ -187,17 +187,16 @@ def main() -> int:
                 clients = [encode_examples(bundle, spec, share) for share in shares]
                 for r, e in schedules:
                     t = time.perf_counter()
-                    settings = FederationSettings(
-                        r,
-                        e,
-                        recipe.lr,
-                        args.batch_size,
+                    plan = FederationPlan(
+                        rounds=r,
+                        local_epochs=e,
+                        lr=recipe.lr,
+                        batch_size=args.batch_size,
                         strategy=recipe.strategy,
                         strategy_params=StrategyParams(server_lr=1.0, momentum=recipe.server_momentum),
-                        seed=seed,
                         lr_schedule=recipe.lr_schedule,
                     )
-                    _, records = run_federation(trainer, initial, clients, settings, test)
+                    _, records = run_federation(trainer, initial, clients, plan, Cohort(seed=seed), test)
                     curve = [rec.accuracy for rec in records if rec.accuracy is not None]
                     entry = {
                         "seed": seed,

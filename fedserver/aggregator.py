@@ -1,5 +1,5 @@
-"""Streaming aggregation: each accepted update is folded into a running float64 sum while its round is
-still open, in acceptance order, one update in memory at a time. When the round closes only the
+"""Streaming aggregation: each accepted update is folded (`fold.RoundFold`, the one aggregation path) into
+a running float64 sum while its round is still open, in acceptance order, one update in memory at a time. When the round closes only the
 strategy step and the commit remain, so clients are not kept waiting for a sum over every update.
 
 The running sum lives in memory only. After a restart it is rebuilt from the stored blobs in the same
@@ -15,10 +15,11 @@ import threading
 import time
 from dataclasses import dataclass
 
+from fedyolo.fedserver.fold import RoundFold
 from fedyolo.fedserver.reports import MetricsMean
 from fedyolo.fedserver.rounds import Rounds
 from fedyolo.fedserver.store import decode_state, encode_state
-from fedyolo.fedserver.strategies import StrategyState, WeightedSum
+from fedyolo.fedserver.strategies import StrategyState
 from fedyolo.runtime.wire import ModuleWeights, decode_module, encode_module
 
 log = logging.getLogger(__name__)
@@ -30,12 +31,10 @@ RETRY_S = 1.0
 
 @dataclass
 class Fold:
-    """The running aggregate of one round: everything up to update `last_id` is in `acc`."""
+    """The running aggregate of one round: everything up to update `last_id` is in `updates`."""
 
     round: int
-    global_weights: ModuleWeights
-    state: StrategyState
-    acc: WeightedSum
+    updates: RoundFold
     metrics: MetricsMean
     last_id: int = 0
 
@@ -101,20 +100,17 @@ class Aggregator:
                 fold = self._folds.get(task_id)
                 if fold is None or fold.round != round_id:
                     fold = self._folds[task_id] = self._new_fold(task_id, round_id)
-                blobs, clip = self.rounds.store.blobs, self.rounds.config.clip_norm
+                blobs = self.rounds.store.blobs
                 for row in self.rounds.updates(task_id, round_id, after_id=fold.last_id):
                     weights = self._fresh.pop((task_id, row["id"]), None)
                     if weights is None:  # not handed over in memory (another process, or a restart)
                         weights = decode_module(blobs.get(row["blob"]), task)
-                    fold.acc.add_update(weights, fold.global_weights, row["examples"], clip)
+                    fold.updates.add(weights, row["examples"])
                     fold.metrics.add(row["examples"], json.loads(row["metrics"]))
                     fold.last_id = row["id"]
                 if not commit:
                     return None
-                config = self.rounds.config
-                new_weights, new_state = self.rounds.strategy(
-                    fold.global_weights, fold.acc.mean(), fold.state, config.strategy_params
-                )
+                new_weights, new_state = fold.updates.result()
                 module_blob = blobs.put(encode_module(new_weights, task))
                 state_blob = (
                     blobs.put(encode_state(new_state)) if new_state.first or new_state.second else None
@@ -128,7 +124,7 @@ class Aggregator:
         if version is not None:
             log.info(
                 "task %r round %d: %d updates, %.0f examples -> module version %d",
-                task_id, round_id, fold.acc.count, fold.acc.total_weight, version,
+                task_id, round_id, fold.updates.count, fold.updates.examples, version,
             )  # fmt: skip
         return version
 
@@ -141,13 +137,9 @@ class Aggregator:
                 (task_id, round_id),
             ).fetchone()
         blobs = self.rounds.store.blobs
-        return Fold(
-            round=round_id,
-            global_weights=decode_module(blobs.get(base["blob"]), task),
-            state=decode_state(blobs.get(base["state_blob"])) if base["state_blob"] else StrategyState(),
-            acc=WeightedSum({t.name: t.shape for t in task.trainable}),
-            metrics=MetricsMean(),
-        )
+        state = decode_state(blobs.get(base["state_blob"])) if base["state_blob"] else StrategyState()
+        updates = RoundFold(decode_module(blobs.get(base["blob"]), task), self.rounds.config.plan, state)
+        return Fold(round=round_id, updates=updates, metrics=MetricsMean())
 
     def _run(self) -> None:
         # Server worker processes share the state: only the one holding this lock aggregates. If it dies,

@@ -304,7 +304,7 @@ def create_app(config: ServerConfig, recover: bool = True) -> FastAPI:
                 break
             await signal.wait(min(left, 1.0))  # woken by any round change; re-read at least every second
             info = rounds.current(task_id)
-        return asdict(info)
+        return info.to_json()
 
     @app.get(
         "/v1/tasks/{task_id}/modules/{version}",

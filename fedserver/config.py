@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
+from typing import Any
 
 from fedyolo.fedserver.errors import ServerConfigError
-from fedyolo.fedserver.strategies import LR_SCHEDULES, STRATEGIES, StrategyParams
 from fedyolo.runtime.manifest import TaskSpec
+from fedyolo.runtime.plan import FederationPlan
 
 # Room for the safetensors header on top of the raw tensor bytes: 8-byte length + JSON per tensor.
 HEADER_ALLOWANCE = 16 * 1024
@@ -26,59 +27,37 @@ class ServerConfig:
         `tasks/<t>/module.safetensors`.
     state_dir
         SQLite database and blob store; survives restarts.
-    rounds
-        Rounds per task; after the last one the task is finished.
+    plan
+        Every per-round setting (rounds, the clients' training, clipping, strategy): the same
+        `FederationPlan` that `fedyolo simulate` and the Flower apps run by.
     min_clients
         Updates (one per client) that close a round.
     deadline_s
         A round open this long closes with the updates it has (at least one).
-    lr_schedule
-        How the clients' learning rate moves over the rounds: "constant" (`lr` every round) or
-        "cosine" (from `lr` down towards 0 by the last round); see `strategies.round_lr`.
     max_update_bytes
         Byte cap of an upload; 0 means the task's fp32 module size plus header room.
     max_examples
         The largest example count one update may claim (it weights the average).
-    clip_norm
-        When > 0, each update's change to the global module is scaled down to this L2 norm.
     max_long_poll_s
         The longest a `GET .../round?wait_s=` is held before it answers anyway.
     """
 
     bundle_dir: Path
     state_dir: Path
-    rounds: int = 20
+    plan: FederationPlan = field(default_factory=FederationPlan)
     min_clients: int = 3
     deadline_s: float = 600.0
-    strategy: str = "fedavg"
-    strategy_params: StrategyParams = field(default_factory=StrategyParams)
-    local_epochs: int = 1
-    lr: float = 1e-3
-    lr_schedule: str = "constant"
-    batch_size: int = 8
-    proximal_mu: float = 0.0
     max_update_bytes: int = 0
     max_examples: int = 1_000_000
-    clip_norm: float = 0.0
     enroll_key: str = ""
     max_long_poll_s: float = 30.0
 
     def __post_init__(self) -> None:
         problems = []
-        if self.rounds < 1:
-            problems.append("rounds must be at least 1")
         if self.min_clients < 1:
             problems.append("min_clients must be at least 1")
         if self.deadline_s <= 0:
             problems.append("deadline_s must be positive")
-        if self.strategy not in STRATEGIES:
-            problems.append(f"strategy {self.strategy!r} is unknown (known: {', '.join(sorted(STRATEGIES))})")
-        if self.lr_schedule not in LR_SCHEDULES:
-            problems.append(f"lr_schedule {self.lr_schedule!r} is unknown (known: {', '.join(LR_SCHEDULES)})")
-        if self.local_epochs < 1 or self.batch_size < 1:
-            problems.append("local_epochs and batch_size must be at least 1")
-        if self.lr <= 0 or self.proximal_mu < 0 or self.clip_norm < 0:
-            problems.append("lr must be positive; proximal_mu and clip_norm must not be negative")
         if self.max_update_bytes < 0 or self.max_examples < 1:
             problems.append("max_update_bytes must not be negative and max_examples must be at least 1")
         if len(self.enroll_key) < 16:
@@ -88,16 +67,26 @@ class ServerConfig:
         if problems:
             raise ServerConfigError("; ".join(problems))
 
+    def with_plan(self, **changes: Any) -> ServerConfig:
+        """This config with some of the plan's settings changed (`rounds=5, clip_norm=1.0`)."""
+        return replace(self, plan=replace(self.plan, **changes))
+
+    @property
+    def rounds(self) -> int:
+        return self.plan.rounds
+
     def to_json(self) -> str:
         """The config as JSON, to hand it to server worker processes."""
-        raw = asdict(self) | {"bundle_dir": str(self.bundle_dir), "state_dir": str(self.state_dir)}
+        raw = {f.name: getattr(self, f.name) for f in fields(self)}
+        raw |= {"bundle_dir": str(self.bundle_dir), "state_dir": str(self.state_dir)}
+        raw["plan"] = self.plan.to_json()
         return json.dumps(raw)
 
     @classmethod
     def from_json(cls, text: str) -> ServerConfig:
         raw = json.loads(text)
         raw["bundle_dir"], raw["state_dir"] = Path(raw["bundle_dir"]), Path(raw["state_dir"])
-        raw["strategy_params"] = StrategyParams(**raw["strategy_params"])
+        raw["plan"] = FederationPlan.from_json(raw["plan"])
         return cls(**raw)
 
     def update_cap(self, task: TaskSpec) -> int:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-from dataclasses import asdict
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
@@ -73,7 +72,7 @@ def server_status(rounds: Rounds) -> dict[str, Any]:
             info = rounds.current(task_id)
             tasks.append(
                 {
-                    **asdict(info),
+                    **info.to_json(),
                     "rounds_committed": info.round if info.status == "finished" else info.round - 1,
                     "clients": clients,
                     "updates_total": updates,

@@ -17,13 +17,12 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from typing import Any
 
 from fedyolo.fedserver.config import ServerConfig
 from fedyolo.fedserver.errors import ApiError, ServerConfigError
 from fedyolo.fedserver.store import Store, sha256_hex
-from fedyolo.fedserver.strategies import STRATEGIES, round_lr
 from fedyolo.fedserver.uploads import (
     Answer,
     Update,
@@ -36,6 +35,7 @@ from fedyolo.fedserver.uploads import (
 from fedyolo.runtime.bundle import Bundle
 from fedyolo.runtime.errors import ModuleWeightsError
 from fedyolo.runtime.manifest import MODULE_WEIGHTS, TaskSpec
+from fedyolo.runtime.plan import RoundPlan
 from fedyolo.runtime.wire import ModuleWeights, decode_module, encode_module
 
 log = logging.getLogger(__name__)
@@ -43,20 +43,25 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class RoundInfo:
-    """What a client needs to take part in the current round of a task."""
+    """What a client needs to take part in the current round of a task: where the round stands, and the
+    `RoundPlan` it trains by (sent flat beside the status, in the plan's own JSON form)."""
 
     task_id: str
-    round: int
     status: str  # open | aggregating | finished
     module_version: int
-    local_epochs: int
-    lr: float
-    batch_size: int
-    proximal_mu: float
+    plan: RoundPlan
     deadline_at: float
     updates: int
     min_clients: int
     rounds_total: int
+
+    @property
+    def round(self) -> int:
+        return self.plan.round
+
+    def to_json(self) -> dict[str, Any]:
+        body = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "plan"}
+        return body | self.plan.to_json()
 
 
 def spec_sha256(task: TaskSpec) -> str:
@@ -79,7 +84,6 @@ class Rounds:
         self.bundle = bundle
         self.store = store
         self.clock = clock
-        self.strategy = STRATEGIES[config.strategy]
         self.listeners: list[Callable[[], None]] = []
         self.on_accepted: Callable[[str, int, ModuleWeights], None] = lambda task_id, update_id, weights: None
         self._module_cache: dict[tuple[str, int], tuple[str, bytes]] = {}
@@ -190,13 +194,9 @@ class Rounds:
         c = self.config
         return RoundInfo(
             task_id=task_id,
-            round=row["round"],
             status="finished" if finished else row["status"],
             module_version=row["round"] if finished else row["base_version"],
-            local_epochs=c.local_epochs,
-            lr=round_lr(c.lr, c.lr_schedule, row["round"], c.rounds),
-            batch_size=c.batch_size,
-            proximal_mu=c.proximal_mu,
+            plan=c.plan.for_round(row["round"]),
             deadline_at=row["deadline_at"],
             updates=count,
             min_clients=c.min_clients,

@@ -20,8 +20,8 @@ from fedyolo.fedserver.config import ServerConfig
 from fedyolo.fedserver.errors import ServerConfigError
 from fedyolo.fedserver.rounds import Rounds
 from fedyolo.fedserver.store import Store
-from fedyolo.fedserver.strategies import StrategyParams
 from fedyolo.runtime.bundle import open_bundle
+from fedyolo.runtime.plan import FederationPlan
 
 log = logging.getLogger(__name__)
 
@@ -127,23 +127,14 @@ def stored_enroll_key(state_dir: Path) -> str:
 
 def serve_command(
     bundle: str | os.PathLike[str],
+    plan: FederationPlan,
     host: str = "127.0.0.1",
     port: int = 8080,
-    rounds: int = 20,
     min_clients: int = 3,
-    strategy: str = "fedavg",
     enroll_key: str | None = None,
     state_dir: str | os.PathLike[str] | None = None,
     deadline_s: float = 600.0,
-    local_epochs: int = 1,
-    lr: float = 1e-3,
-    lr_schedule: str = "constant",
-    batch_size: int = 8,
-    proximal_mu: float = 0.0,
-    clip_norm: float = 0.0,
     max_update_bytes: int = 0,
-    server_lr: float | None = None,
-    server_momentum: float = 0.9,
     ssl_certfile: str | os.PathLike[str] | None = None,
     ssl_keyfile: str | os.PathLike[str] | None = None,
     log_level: str = "info",
@@ -161,18 +152,10 @@ def serve_command(
     config = ServerConfig(
         bundle_dir=bundle_dir,
         state_dir=state,
-        rounds=rounds,
+        plan=plan,
         min_clients=min_clients,
         deadline_s=deadline_s,
-        strategy=strategy,
-        strategy_params=StrategyParams(server_lr=server_lr, momentum=server_momentum),
-        local_epochs=local_epochs,
-        lr=lr,
-        lr_schedule=lr_schedule,
-        batch_size=batch_size,
-        proximal_mu=proximal_mu,
         max_update_bytes=max_update_bytes,
-        clip_norm=clip_norm,
         enroll_key=key,
     )
     if not enroll_key:

@@ -1,11 +1,11 @@
 """Aggregation strategies: pure functions over numpy arrays, tested alone.
 
-The server turns each round into one call::
+A strategy is the server's step over a round's mean client delta::
 
-    acc = WeightedSum(shapes)
-    for update, examples in round:               # one update in memory at a time
-        acc.add(clip_delta(module_delta(update, global_weights), clip_norm), examples)
-    new_weights, new_state = STRATEGIES[name](global_weights, acc.mean(), state, params)
+    new_weights, new_state = STRATEGIES[name](global_weights, mean_delta, state, params)
+
+`fold.RoundFold` computes that mean (clipped, example-weighted, streaming) and calls the strategy: the
+server, `fedyolo simulate` and the Flower ServerApp all fold rounds through it.
 
 Deltas are `client weights - global weights` (the negative pseudo-gradient of Reddi et al., 2021,
 "Adaptive Federated Optimization"). Sums run in float64; weights and state come back as float32, so a
@@ -20,19 +20,10 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-ModuleWeights = dict[str, np.ndarray]
+from fedyolo.runtime.plan import StrategyParams
+from fedyolo.runtime.wire import ModuleWeights
+
 Deltas = Mapping[str, np.ndarray]
-
-
-@dataclass(frozen=True)
-class StrategyParams:
-    """Server-side hyper-parameters; `server_lr` None takes the strategy's default."""
-
-    server_lr: float | None = None
-    momentum: float = 0.9  # FedAvgM
-    beta1: float = 0.9  # FedAdam
-    beta2: float = 0.99  # FedAdam
-    tau: float = 1e-3  # FedAdam: adaptivity, keeps the step finite where v is ~0
 
 
 @dataclass(frozen=True)
@@ -42,60 +33,6 @@ class StrategyState:
     step: int = 0
     first: Mapping[str, np.ndarray] = field(default_factory=dict)
     second: Mapping[str, np.ndarray] = field(default_factory=dict)
-
-
-class WeightedSum:
-    """A running sum of weighted deltas in float64: memory O(module), whatever the number of updates."""
-
-    def __init__(self, shapes: Mapping[str, tuple[int, ...]]) -> None:
-        self._sum = {name: np.zeros(shape, dtype=np.float64) for name, shape in shapes.items()}
-        self._buffers: dict[str, np.ndarray] = {}
-        self.total_weight = 0.0
-        self.count = 0
-
-    def add(self, delta: Deltas, weight: float) -> None:
-        """Add `weight * delta`; `delta` must have exactly the accumulator's names and shapes."""
-        if not weight > 0 or not math.isfinite(weight):
-            raise ValueError(f"an update's weight must be positive and finite, got {weight}")
-        if set(delta) != set(self._sum):
-            raise ValueError("the update's tensor names differ from the accumulator's")
-        for name, acc in self._sum.items():
-            # In place, one float64 temporary: the peak stays at a few module sizes.
-            acc += np.multiply(delta[name], weight, dtype=np.float64)
-        self.total_weight += weight
-        self.count += 1
-
-    def add_update(
-        self,
-        update: Mapping[str, np.ndarray],
-        global_weights: Mapping[str, np.ndarray],
-        weight: float,
-        clip_norm: float,
-    ) -> None:
-        """Add `weight * clip(update - global_weights)`: bitwise what `add(clip_delta(module_delta(...)))` gives,
-        with one reused float64 buffer per tensor instead of three fresh ones when clipping is off."""
-        if clip_norm > 0:
-            self.add(clip_delta(module_delta(update, global_weights), clip_norm), weight)
-            return
-        if not weight > 0 or not math.isfinite(weight):
-            raise ValueError(f"an update's weight must be positive and finite, got {weight}")
-        if set(update) != set(self._sum):
-            raise ValueError("the update's tensor names differ from the accumulator's")
-        for name, acc in self._sum.items():
-            buffer = self._buffers.get(name)
-            if buffer is None:
-                buffer = self._buffers[name] = np.empty_like(acc)
-            np.subtract(update[name], global_weights[name], out=buffer, dtype=np.float64)
-            buffer *= weight
-            acc += buffer
-        self.total_weight += weight
-        self.count += 1
-
-    def mean(self) -> dict[str, np.ndarray]:
-        """The weighted mean delta (float64); raises when nothing was added."""
-        if self.count == 0:
-            raise ValueError("no update was added; a round needs at least one")
-        return {name: acc / self.total_weight for name, acc in self._sum.items()}
 
 
 def module_delta(update: Mapping[str, np.ndarray], global_weights: Mapping[str, np.ndarray]) -> ModuleWeights:
@@ -108,15 +45,19 @@ def delta_norm(delta: Deltas) -> float:
     return math.sqrt(sum(float(np.dot(d.ravel(), d.ravel())) for d in delta.values()))
 
 
+def clip_scale(delta: Deltas, clip_norm: float) -> float:
+    """The factor that brings `delta` down to L2 norm `clip_norm` (1.0 when it is not longer, or when
+    `clip_norm` is 0: clipping off)."""
+    if clip_norm <= 0:
+        return 1.0
+    norm = delta_norm(delta)
+    return 1.0 if norm <= clip_norm else clip_norm / norm
+
+
 def clip_delta(delta: Deltas, clip_norm: float) -> Deltas:
     """Scale `delta` down to L2 norm `clip_norm` when it is longer; `clip_norm` 0 turns clipping off."""
-    if clip_norm <= 0:
-        return delta
-    norm = delta_norm(delta)
-    if norm <= clip_norm:
-        return delta
-    scale = clip_norm / norm
-    return {name: d * scale for name, d in delta.items()}
+    scale = clip_scale(delta, clip_norm)
+    return delta if scale == 1.0 else {name: d * scale for name, d in delta.items()}
 
 
 def _f32(arrays: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -160,26 +101,6 @@ def fedadam(
         second[name] = v + (1.0 - params.beta2) * d * d
         new[name] = g.astype(np.float64) + lr * first[name] / (np.sqrt(second[name]) + params.tau)
     return _f32(new), StrategyState(step=state.step + 1, first=_f32(first), second=_f32(second))
-
-
-LR_SCHEDULES = ("constant", "cosine")
-
-
-def round_lr(base: float, schedule: str, round_id: int, rounds: int) -> float:
-    """The clients' learning rate in round `round_id` (1-based) of `rounds`.
-
-    "constant": `base` every round. "cosine": `base * (1 + cos(pi * (round_id - 1) / rounds)) / 2`, from
-    `base` in the first round down towards zero in the last; later rounds take smaller steps, so the
-    clients' drift on skewed data shrinks as the global module settles (benchmarks/README.md measures it).
-    A round past `rounds` (a server restarted with fewer) takes the last round's rate.
-    """
-    if schedule not in LR_SCHEDULES:
-        raise ValueError(f"unknown lr schedule {schedule!r}; choose one of {', '.join(LR_SCHEDULES)}")
-    if rounds < 1 or round_id < 1:
-        raise ValueError(f"round {round_id} of {rounds}: both must be at least 1")
-    if schedule == "constant":
-        return base
-    return base * 0.5 * (1.0 + math.cos(math.pi * (min(round_id, rounds) - 1) / rounds))
 
 
 Strategy = Callable[

@@ -17,6 +17,7 @@ from rich.console import Console
 from rich.markup import escape
 
 from fedyolo.runtime.errors import FedyoloError
+from fedyolo.runtime.plan import FederationPlan, StrategyParams
 
 app = typer.Typer(
     no_args_is_help=True,
@@ -43,6 +44,46 @@ def _options(pairs: list[str] | None) -> dict[str, Any]:
         if isinstance(out[key], list):
             out[key] = tuple(out[key])
     return out
+
+
+# The round plan's options, declared once for `serve` and `simulate` (both build one FederationPlan).
+Rounds = Annotated[int, typer.Option(min=1, help="rounds per task")]
+LocalEpochs = Annotated[int, typer.Option(min=1, help="epochs each client trains a round")]
+ClientLr = Annotated[float, typer.Option(help="clients' learning rate (AdamW) in round 1; see --lr-schedule")]
+LrSchedule = Annotated[
+    str, typer.Option(help="constant, or cosine: from --lr down towards 0 by the last round")
+]
+BatchSize = Annotated[int, typer.Option(min=1, help="clients' batch size")]
+ProximalMu = Annotated[float, typer.Option(help="FedProx term; 0 is FedAvg")]
+ClipNorm = Annotated[float, typer.Option(help="clip each update's change to this L2 norm; 0 off")]
+Strategy = Annotated[str, typer.Option(help="fedavg, fedavgm or fedadam")]
+ServerLr = Annotated[float | None, typer.Option(help="server learning rate (strategy default)")]
+ServerMomentum = Annotated[float, typer.Option(help="FedAvgM's momentum")]
+
+
+def _plan(
+    rounds: int,
+    local_epochs: int,
+    lr: float,
+    lr_schedule: str,
+    batch_size: int,
+    proximal_mu: float,
+    clip_norm: float,
+    strategy: str,
+    server_lr: float | None,
+    server_momentum: float,
+) -> FederationPlan:
+    return FederationPlan(
+        rounds=rounds,
+        local_epochs=local_epochs,
+        lr=lr,
+        lr_schedule=lr_schedule,
+        batch_size=batch_size,
+        proximal_mu=proximal_mu,
+        clip_norm=clip_norm,
+        strategy=strategy,
+        strategy_params=StrategyParams(server_lr=server_lr, momentum=server_momentum),
+    )
 
 
 def _task_labels(task: str, data: Path | None) -> tuple[str, ...]:
@@ -158,11 +199,11 @@ def serve_cmd(
         str, typer.Option(help="address to listen on (127.0.0.1: this machine only)")
     ] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="TCP port")] = 8080,
-    rounds: Annotated[int, typer.Option(min=1, help="rounds per task")] = 20,
+    rounds: Rounds = 20,
     min_clients: Annotated[int, typer.Option(min=1, help="updates that close a round")] = 3,
-    strategy: Annotated[str, typer.Option(help="fedavg, fedavgm or fedadam")] = "fedavg",
-    server_lr: Annotated[float | None, typer.Option(help="server learning rate (strategy default)")] = None,
-    server_momentum: Annotated[float, typer.Option(help="FedAvgM's momentum")] = 0.9,
+    strategy: Strategy = "fedavg",
+    server_lr: ServerLr = None,
+    server_momentum: ServerMomentum = 0.9,
     enroll_key: Annotated[
         str | None,
         typer.Option(envvar="FEDYOLO_ENROLL_KEY", help="key devices register with (default: generated)"),
@@ -171,14 +212,12 @@ def serve_cmd(
         Path | None, typer.Option(help="database + blobs (default: <bundle>.fedserver)")
     ] = None,
     deadline_s: Annotated[float, typer.Option(help="a round open this long closes with what it has")] = 600.0,
-    local_epochs: Annotated[int, typer.Option(min=1, help="epochs each client trains a round")] = 1,
-    lr: Annotated[float, typer.Option(help="clients' learning rate")] = 1e-3,
-    lr_schedule: Annotated[
-        str, typer.Option(help="constant, or cosine: from --lr down towards 0 by the last round")
-    ] = "constant",
-    batch_size: Annotated[int, typer.Option(min=1, help="clients' batch size")] = 8,
-    proximal_mu: Annotated[float, typer.Option(help="FedProx term; 0 is FedAvg")] = 0.0,
-    clip_norm: Annotated[float, typer.Option(help="clip each update's change to this L2 norm; 0 off")] = 0.0,
+    local_epochs: LocalEpochs = 1,
+    lr: ClientLr = 1e-3,
+    lr_schedule: LrSchedule = "constant",
+    batch_size: BatchSize = 8,
+    proximal_mu: ProximalMu = 0.0,
+    clip_norm: ClipNorm = 0.0,
     max_update_bytes: Annotated[int, typer.Option(help="upload cap; 0: the module size + header")] = 0,
     ssl_certfile: Annotated[Path | None, typer.Option(help="TLS certificate (with --ssl-keyfile)")] = None,
     ssl_keyfile: Annotated[Path | None, typer.Option(help="TLS private key")] = None,
@@ -188,25 +227,20 @@ def serve_cmd(
     """Serve federated rounds for every task of a bundle (HTTP/JSON, SQLite + blobs, durable)."""
     from fedyolo.fedserver.serve import serve_command
 
+    plan = _plan(
+        rounds, local_epochs, lr, lr_schedule, batch_size, proximal_mu, clip_norm, strategy, server_lr,
+        server_momentum,
+    )  # fmt: skip
     serve_command(
         bundle,
+        plan,
         host=host,
         port=port,
-        rounds=rounds,
         min_clients=min_clients,
-        strategy=strategy,
         enroll_key=enroll_key,
         state_dir=state_dir,
         deadline_s=deadline_s,
-        local_epochs=local_epochs,
-        lr=lr,
-        lr_schedule=lr_schedule,
-        batch_size=batch_size,
-        proximal_mu=proximal_mu,
-        clip_norm=clip_norm,
         max_update_bytes=max_update_bytes,
-        server_lr=server_lr,
-        server_momentum=server_momentum,
         ssl_certfile=ssl_certfile,
         ssl_keyfile=ssl_keyfile,
         log_level=log_level,
@@ -332,52 +366,45 @@ def simulate_cmd(
     clients: Annotated[int, typer.Option(min=1, help="simulated clients")] = 100,
     fraction: Annotated[float, typer.Option(help="share of the clients sampled each round")] = 0.1,
     alpha: Annotated[float, typer.Option(help="Dirichlet concentration: 0.1 skewed, 10 near IID")] = 1.0,
-    rounds: Annotated[int, typer.Option(min=1)] = 50,
-    local_epochs: Annotated[int, typer.Option(min=1)] = 1,
+    rounds: Rounds = 50,
+    local_epochs: LocalEpochs = 1,
     tasks: Annotated[str, typer.Option(help="comma-separated: built-in tasks or JSONL/CSV files")] = "topics",
     module: Annotated[str, typer.Option(help="lora, adapter, prompt, head or full")] = "lora",
     backbone: Annotated[str, typer.Option(help="minilm, tiny-bert, or a local HF dir")] = "minilm",
     out: Annotated[Path, typer.Option(help="bundle and simulate.json")] = Path("simulate_out"),
-    lr: Annotated[
-        float, typer.Option(help="clients' learning rate (AdamW) in the first round; see --lr-schedule")
-    ] = 2e-3,
-    batch_size: Annotated[int, typer.Option(min=1)] = 16,
+    lr: ClientLr = 2e-3,
+    batch_size: BatchSize = 16,
     max_length: Annotated[int, typer.Option(min=2)] = 24,
     train_per_task: Annotated[int, typer.Option(help="cut each train split to this many; 0: all")] = 0,
     test_per_task: Annotated[int, typer.Option(help="cut each test split to this many; 0: all")] = 600,
-    lr_schedule: Annotated[
-        str, typer.Option(help="constant, or cosine: from --lr down towards 0 by the last round")
-    ] = "constant",
-    strategy: Annotated[str, typer.Option(help="fedavg, fedavgm or fedadam")] = "fedavg",
-    server_lr: Annotated[float | None, typer.Option(help="server learning rate (strategy default)")] = None,
-    server_momentum: Annotated[float, typer.Option(help="FedAvgM's momentum")] = 0.9,
+    lr_schedule: LrSchedule = "constant",
+    proximal_mu: ProximalMu = 0.0,
+    clip_norm: ClipNorm = 0.0,
+    strategy: Strategy = "fedavg",
+    server_lr: ServerLr = None,
+    server_momentum: ServerMomentum = 0.9,
     seed: Annotated[int, typer.Option()] = 0,
     eval_every: Annotated[int, typer.Option(min=1, help="evaluate the global module every n rounds")] = 5,
 ) -> None:
-    """Many clients in one process, with the server's strategy functions and the client's training code."""
-    from fedyolo.fedserver.strategies import StrategyParams
-    from fedyolo.simulate import simulate_command
+    """Many clients in one process, with the server's fold and the client's training code."""
+    from fedyolo.simulate import Cohort, simulate_command
 
+    plan = _plan(
+        rounds, local_epochs, lr, lr_schedule, batch_size, proximal_mu, clip_norm, strategy, server_lr,
+        server_momentum,
+    )  # fmt: skip
     simulate_command(
         _task_list(tasks),
-        clients,
-        fraction,
-        alpha,
-        rounds,
-        local_epochs,
-        module,
-        backbone,
-        out,
-        lr,
-        batch_size,
-        max_length,
-        train_per_task,
-        test_per_task,
-        strategy,
-        seed,
-        eval_every,
-        lr_schedule,
-        StrategyParams(server_lr=server_lr, momentum=server_momentum),
+        plan,
+        Cohort(fraction=fraction, seed=seed, eval_every=eval_every),
+        clients=clients,
+        alpha=alpha,
+        module=module,
+        backbone=backbone,
+        out=out,
+        max_length=max_length,
+        train_per_task=train_per_task,
+        test_per_task=test_per_task,
     )
 
 

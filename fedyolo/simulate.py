@@ -1,8 +1,8 @@
 """`fedyolo simulate`: many federated clients in one process, with the server's and the client's own code.
 
 No second implementation of the math: each simulated client trains with the real client's
-`train_round`, its update goes through the wire format both ways, and the round is aggregated with the
-server's `WeightedSum`, `module_delta`, `clip_delta` and strategy functions, in the server's order.
+`train_round` by the round's `RoundPlan`, its update goes through the wire format both ways, and the
+round is folded by the server's own `RoundFold` under the same `FederationPlan`, in the server's order.
 One `OrtTrainer` per task (over one `SharedBackbone`) serves every client in turn through
 `set_module`: a client is its data and its random stream, not a model in memory.
 """
@@ -13,67 +13,36 @@ import json
 import math
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from fedyolo.fedserver.strategies import (
-    LR_SCHEDULES,
-    STRATEGIES,
-    StrategyParams,
-    StrategyState,
-    WeightedSum,
-    clip_delta,
-    module_delta,
-    round_lr,
-)
+from fedyolo.fedserver.fold import RoundFold
+from fedyolo.fedserver.strategies import StrategyState
 from fedyolo.runtime.client import train_round
 from fedyolo.runtime.errors import FedyoloError
 from fedyolo.runtime.local import Arrays, evaluate_arrays
 from fedyolo.runtime.manifest import TaskSpec
+from fedyolo.runtime.plan import FederationPlan
 from fedyolo.runtime.trainer import Trainer
 from fedyolo.runtime.wire import ModuleWeights, decode_module, encode_module
 
 
 @dataclass(frozen=True)
-class FederationSettings:
-    """Per-run settings, as the server would hand them to its clients round after round."""
+class Cohort:
+    """Who trains each simulated round: a seeded sample of `fraction` of the clients."""
 
-    rounds: int
-    local_epochs: int
-    lr: float
-    batch_size: int
     fraction: float = 1.0
-    strategy: str = "fedavg"
-    strategy_params: StrategyParams = field(default_factory=StrategyParams)
-    proximal_mu: float = 0.0
-    clip_norm: float = 0.0
     seed: int = 0
     eval_every: int = 1
-    lr_schedule: str = "constant"
 
     def __post_init__(self) -> None:
-        if self.rounds < 1 or self.local_epochs < 1 or self.batch_size < 1:
-            raise FedyoloError("rounds, local epochs and batch size must be at least 1")
         if not 0.0 < self.fraction <= 1.0:
             raise FedyoloError(f"fraction {self.fraction} is not in (0, 1]; e.g. 0.1 samples 10% a round")
-        if self.strategy not in STRATEGIES:
-            raise FedyoloError(f"unknown strategy {self.strategy!r}; choose one of {', '.join(STRATEGIES)}")
-        if self.lr_schedule not in LR_SCHEDULES:
-            raise FedyoloError(
-                f"unknown lr schedule {self.lr_schedule!r}; choose one of {', '.join(LR_SCHEDULES)}"
-            )
-
-    def round_info(self, round_id: int = 1) -> dict[str, Any]:
-        """What `GET /v1/tasks/{t}/round` tells a real client in round `round_id` (1-based)."""
-        return {
-            "local_epochs": self.local_epochs,
-            "lr": round_lr(self.lr, self.lr_schedule, round_id, self.rounds),
-            "batch_size": self.batch_size,
-            "proximal_mu": self.proximal_mu,
-        }
+        if self.eval_every < 1:
+            raise FedyoloError("eval_every must be at least 1")
 
 
 @dataclass(frozen=True)
@@ -109,48 +78,48 @@ def run_federation(
     trainer: Trainer,
     initial: ModuleWeights,
     clients: Sequence[Arrays],
-    settings: FederationSettings,
+    plan: FederationPlan,
+    cohort: Cohort,
     test: Arrays | None = None,
     on_round: Callable[[RoundRecord], None] | None = None,
     on_update: Callable[[int, int, ModuleWeights, int], None] | None = None,
     on_step: Callable[[int, int, float], None] | None = None,
 ) -> tuple[ModuleWeights, list[RoundRecord]]:
-    """Run `settings.rounds` rounds over `clients` (one array set each); returns the final global module.
+    """Run `plan.rounds` rounds over `clients` (one array set each); returns the final global module.
 
     on_update(round, client, weights, examples): each update as the server receives it.
     """
     task = trainer.task
-    strategy = STRATEGIES[settings.strategy]
     global_weights, _ = wire(initial, task)
     state = StrategyState()
     records = []
-    for r in range(1, settings.rounds + 1):
+    for r in range(1, plan.rounds + 1):
         start = time.perf_counter()
-        chosen = sample_clients(len(clients), settings.fraction, r, settings.seed)
-        acc = WeightedSum({t.name: t.shape for t in task.trainable})
+        chosen = sample_clients(len(clients), cohort.fraction, r, cohort.seed)
+        fold = RoundFold(global_weights, plan, state)
         losses, up, down = [], 0, 0
         for c in chosen:
             received, n_down = wire(global_weights, task)  # the client downloads the global module
-            rng = np.random.default_rng([settings.seed, r, c])
+            rng = np.random.default_rng([cohort.seed, r, c])
             examples, metrics = train_round(
-                trainer, received, clients[c], settings.round_info(r), rng, on_step=on_step
+                trainer, received, clients[c], plan.for_round(r), rng, on_step=on_step
             )
             update, n_up = wire(trainer.get_module(), task)  # and uploads its trained one
-            acc.add(clip_delta(module_delta(update, global_weights), settings.clip_norm), examples)
+            fold.add(update, examples)
             losses.append(metrics.get("train_loss", math.nan))
             up, down = up + n_up, down + n_down
             if on_update is not None:
                 on_update(r, c, update, examples)
-        new, state = strategy(global_weights, acc.mean(), state, settings.strategy_params)
+        new, state = fold.result()
         global_weights, _ = wire(new, task)  # the server commits it through the wire format too
         result = None
-        if test is not None and (r % settings.eval_every == 0 or r == settings.rounds):
+        if test is not None and (r % cohort.eval_every == 0 or r == plan.rounds):
             trainer.set_module(global_weights)
             result = evaluate_arrays(trainer, test)
         record = RoundRecord(
             round=r,
             clients=tuple(chosen),
-            examples=int(acc.total_weight),
+            examples=int(fold.examples),
             train_loss=float(np.mean(losses)),
             accuracy=None if result is None else result.accuracy,
             loss=None if result is None else result.loss,
@@ -166,24 +135,16 @@ def run_federation(
 
 def simulate_command(
     tasks: Sequence[str],
+    plan: FederationPlan,
+    cohort: Cohort,
     clients: int,
-    fraction: float,
     alpha: float,
-    rounds: int,
-    local_epochs: int,
     module: str,
     backbone: str,
     out: Path,
-    lr: float,
-    batch_size: int,
     max_length: int,
     train_per_task: int,
     test_per_task: int,
-    strategy: str,
-    seed: int,
-    eval_every: int,
-    lr_schedule: str = "constant",
-    strategy_params: StrategyParams | None = None,
 ) -> dict[str, Any]:
     """Export (or reuse) the bundle, then simulate each task's federation; print a table, write JSON."""
     from rich.console import Console
@@ -201,36 +162,32 @@ def simulate_command(
     from fedyolo.runtime.ort_trainer import OrtTrainer, SharedBackbone
 
     console = Console()
-    settings = FederationSettings(
-        rounds,
-        local_epochs,
-        lr,
-        batch_size,
-        fraction,
-        strategy,
-        strategy_params=strategy_params or StrategyParams(),
-        seed=seed,
-        eval_every=max(1, eval_every),
-        lr_schedule=lr_schedule,
-    )
-    plans = [plan_task(t, clients, alpha, seed, train_per_task, test_per_task) for t in tasks]
-    bundle, exported = ensure_bundle(out / "bundle", plans, backbone, module, max_length, seed)
+    seed = cohort.seed
+    shares = [plan_task(t, clients, alpha, seed, train_per_task, test_per_task) for t in tasks]
+    bundle, exported = ensure_bundle(out / "bundle", shares, backbone, module, max_length, seed)
     console.print(
         f"{'exported' if exported else 'reusing'} bundle {out / 'bundle'}; {clients} clients, "
-        f"{fraction:g} of them a round, alpha {alpha:g}, {rounds} rounds x {local_epochs} local epochs"
+        f"{cohort.fraction:g} of them a round, alpha {alpha:g}, {plan.rounds} rounds x "
+        f"{plan.local_epochs} local epochs"
     )
     shared = SharedBackbone(bundle)
-    results: dict[str, Any] = {"settings": asdict(settings), "alpha": alpha, "clients": clients, "tasks": {}}
-    for plan in plans:
-        trainer = OrtTrainer(bundle, plan.task_id, backbone=shared, lr=lr)
-        client_arrays, test = encode_plan(bundle, plan)
-        initial = initial_module(bundle, plan.task_id)
-        table = Table(title=f"{plan.task_id}: {plan.train_used} train examples among {clients} clients")
+    results: dict[str, Any] = {
+        "plan": asdict(plan),
+        "cohort": asdict(cohort),
+        "alpha": alpha,
+        "clients": clients,
+        "tasks": {},
+    }
+    for share in shares:
+        trainer = OrtTrainer(bundle, share.task_id, backbone=shared, lr=plan.lr)
+        client_arrays, test = encode_plan(bundle, share)
+        initial = initial_module(bundle, share.task_id)
+        table = Table(title=f"{share.task_id}: {share.train_used} train examples among {clients} clients")
         for column in ("round", "clients", "examples", "train loss", "held-out acc", "s"):
             table.add_column(column, justify="right")
         columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
         with Progress(*columns, console=console, transient=True) as progress:
-            bar = progress.add_task(f"{plan.task_id} rounds", total=rounds)
+            bar = progress.add_task(f"{share.task_id} rounds", total=plan.rounds)
 
             def on_round(rec: RoundRecord, table: Table = table, bar: TaskID = bar) -> None:
                 acc = "-" if rec.accuracy is None else f"{rec.accuracy:.1%}"
@@ -244,12 +201,12 @@ def simulate_command(
                 )
                 progress.advance(bar)
 
-            _, records = run_federation(trainer, initial, client_arrays, settings, test, on_round)
+            _, records = run_federation(trainer, initial, client_arrays, plan, cohort, test, on_round)
         console.print(table)
-        results["tasks"][plan.task_id] = {
-            "train_examples": plan.train_used,
-            "train_available": plan.train_available,
-            "test_examples": len(plan.test),
+        results["tasks"][share.task_id] = {
+            "train_examples": share.train_used,
+            "train_available": share.train_available,
+            "test_examples": len(share.test),
             "rounds": [asdict(r) for r in records],
         }
     out.mkdir(parents=True, exist_ok=True)

@@ -33,6 +33,7 @@ from fedyolo.runtime.errors import FedyoloError
 from fedyolo.runtime.http_transport import Connection, FederationError, RetryPolicy, error_of
 from fedyolo.runtime.local import train_round as train_round
 from fedyolo.runtime.manifest import FileEntry, TaskSpec, sha256_file
+from fedyolo.runtime.plan import RoundPlan
 from fedyolo.runtime.trainer import Batch, Trainer
 from fedyolo.runtime.wire import ModuleWeights, decode_module, encode_module
 
@@ -234,8 +235,8 @@ class FederationClient:
         waited_since: float | None = None
         while rounds is None or len([r for r in results if r.outcome == "accepted"]) < rounds:
             info = self.current_round(task_id, self.state.last_submitted(task_id), long_poll_s)
-            r = int(info["round"])
-            if info["status"] == "finished":
+            r = _round_of(info)
+            if info.get("status") == "finished":
                 self.on_progress(Progress("done", task_id, r, f"every round of {task_id!r} is done"))
                 break
             if info["status"] != "open" or self.state.last_submitted(task_id) >= r:
@@ -252,7 +253,13 @@ class FederationClient:
                 self.state.drop_pending(task_id)  # trained for a round that closed while we were away
                 saved = None
             if saved is None:
-                saved = self._train(task, trainer, data, info, rng, eval_data)
+                module_version = info.get("module_version")
+                if isinstance(module_version, bool) or not isinstance(module_version, int):
+                    raise FederationError(
+                        "bad_round", f"the server's round {r} names no module version ({module_version!r})"
+                    )
+                plan = RoundPlan.from_json(info)
+                saved = self._train(task, trainer, data, plan, module_version, rng, eval_data)
             pending, body = saved
             self.on_progress(
                 Progress("upload", task_id, r, f"{len(body)} bytes, key {pending.idempotency_key[:8]}")
@@ -279,23 +286,32 @@ class FederationClient:
         task: TaskSpec,
         trainer: Trainer,
         data: Batch,
-        info: dict[str, Any],
+        plan: RoundPlan,
+        module_version: int,
         rng: np.random.Generator,
         eval_data: Batch | None,
     ) -> tuple[PendingUpdate, bytes]:
-        r = int(info["round"])
-        global_weights = self.download_module(task, int(info["module_version"]))
+        r = plan.round
+        global_weights = self.download_module(task, module_version)
 
         def on_step(done: int, total: int, loss: float) -> None:
             self.on_progress(Progress("train", task.task_id, r, f"loss {loss:.4f}", done, total))
 
-        examples, metrics = train_round(trainer, global_weights, data, info, rng, eval_data, on_step)
+        examples, metrics = train_round(trainer, global_weights, data, plan, rng, eval_data, on_step)
         body = encode_module(trainer.get_module(), task)
         pending = PendingUpdate(
             task.task_id, r, uuid.uuid4().hex, examples, metrics, hashlib.sha256(body).hexdigest()
         )
         self.state.save_pending(pending, body)  # from here on a crash re-sends this exact update
         return pending, body
+
+
+def _round_of(info: dict[str, Any]) -> int:
+    """The round number of a server's answer, checked: a broken server must not crash the client later."""
+    r = info.get("round")
+    if isinstance(r, bool) or not isinstance(r, int) or r < 0:
+        raise FederationError("bad_round", f"the server's round answer has no valid round number ({r!r})")
+    return r
 
 
 def _url_key(url: str) -> str:

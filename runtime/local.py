@@ -9,7 +9,6 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any
 
 import numpy as np
 
@@ -18,6 +17,7 @@ from fedyolo.runtime.data import Example, TextEncoder, check_labels, iter_batche
 from fedyolo.runtime.errors import DataError
 from fedyolo.runtime.fedprox import ProximalTrainer, proximal_step
 from fedyolo.runtime.manifest import TaskSpec
+from fedyolo.runtime.plan import RoundPlan
 from fedyolo.runtime.trainer import EvalResult, Trainer
 from fedyolo.runtime.wire import ModuleWeights
 
@@ -103,24 +103,20 @@ def train_round(
     trainer: Trainer,
     global_weights: ModuleWeights,
     data: Arrays,
-    round_info: dict[str, Any],
+    plan: RoundPlan,
     rng: np.random.Generator,
     eval_data: Arrays | None = None,
     on_step: Callable[[int, int, float], None] | None = None,
 ) -> tuple[int, dict[str, float]]:
-    """Evaluate the global module on local data, then train it `local_epochs`; returns (examples, metrics).
+    """Evaluate the global module on local data, then train it by the round's `plan` (its local epochs,
+    lr, batch size and FedProx term); returns (examples, metrics).
 
     `accuracy` and `loss` are the global module's on `eval_data` (or the local data) before training:
     the federated evaluation the server averages. FedProx's term is applied when `proximal_mu` > 0.
     Each epoch's order is drawn from `rng`; on_step(steps done, steps in all, loss).
     """
     examples = len(data["labels"])
-    batch_size, epochs, lr = (
-        int(round_info["batch_size"]),
-        int(round_info["local_epochs"]),
-        float(round_info["lr"]),
-    )
-    mu = float(round_info.get("proximal_mu", 0.0))
+    batch_size, epochs, lr, mu = plan.batch_size, plan.local_epochs, plan.lr, plan.proximal_mu
     trainer.set_module(global_weights)
     trainer.set_learning_rate(lr)
     before = trainer.evaluate(iter_batches(eval_data if eval_data is not None else data, batch_size))

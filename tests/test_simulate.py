@@ -9,20 +9,15 @@ import numpy as np
 import pytest
 
 from fedyolo.demo.plan import initial_module
-from fedyolo.fedserver.strategies import (
-    StrategyParams,
-    StrategyState,
-    WeightedSum,
-    fedavg,
-    module_delta,
-    round_lr,
-)
+from fedyolo.fedserver.fold import WeightedSum
+from fedyolo.fedserver.strategies import StrategyState, fedavg, module_delta
 from fedyolo.runtime.bundle import Bundle, open_bundle
 from fedyolo.runtime.client import train_round
 from fedyolo.runtime.local import Arrays, encode_examples
 from fedyolo.runtime.ort_trainer import OrtTrainer
+from fedyolo.runtime.plan import FederationPlan, StrategyParams, round_lr
 from fedyolo.runtime.wire import encode_module
-from fedyolo.simulate import FederationSettings, run_federation, sample_clients
+from fedyolo.simulate import Cohort, run_federation, sample_clients
 from fedyolo.tasks import load_task
 
 
@@ -49,7 +44,8 @@ def test_one_round_is_fedavg_of_what_each_client_uploads(bundle: Bundle) -> None
     # Prepare
     clients = shares(bundle, [40, 72])
     initial = initial_module(bundle, "topics")
-    settings = FederationSettings(rounds=1, local_epochs=2, lr=5e-3, batch_size=16, seed=3)
+    plan = FederationPlan(rounds=1, local_epochs=2, lr=5e-3, batch_size=16)
+    cohort = Cohort(seed=3)
     updates: dict[int, tuple[dict[str, np.ndarray], int]] = {}
 
     # Execute: one trainer serves both simulated clients
@@ -57,15 +53,16 @@ def test_one_round_is_fedavg_of_what_each_client_uploads(bundle: Bundle) -> None
         OrtTrainer(bundle, "topics", threads=1),
         initial,
         clients,
-        settings,
+        plan,
+        cohort,
         on_update=lambda r, c, w, n: updates.__setitem__(c, (w, n)),
     )
 
     # Assert: each update is what a real client makes alone (fresh trainer, same random stream)
     for c, data in enumerate(clients):
         alone = OrtTrainer(bundle, "topics", threads=1)
-        rng = np.random.default_rng([settings.seed, 1, c])
-        examples, _ = train_round(alone, initial, data, settings.round_info(), rng)
+        rng = np.random.default_rng([cohort.seed, 1, c])
+        examples, _ = train_round(alone, initial, data, plan.for_round(1), rng)
         assert examples == updates[c][1] == len(data["labels"])
         for name, w in alone.get_module().items():
             np.testing.assert_array_equal(w, updates[c][0][name])
@@ -102,7 +99,7 @@ def test_a_run_trains_only_the_sampled_clients_and_evaluates(bundle: Bundle) -> 
     # Prepare
     clients = shares(bundle, [8] * 6)
     test = shares(bundle, [48 + 40])[0]
-    settings = FederationSettings(rounds=2, local_epochs=1, lr=5e-3, batch_size=8, fraction=0.5, seed=1)
+    plan = FederationPlan(rounds=2, local_epochs=1, lr=5e-3, batch_size=8)
     seen: list[tuple[int, int]] = []
 
     # Execute
@@ -110,7 +107,8 @@ def test_a_run_trains_only_the_sampled_clients_and_evaluates(bundle: Bundle) -> 
         OrtTrainer(bundle, "topics", threads=1),
         initial_module(bundle, "topics"),
         clients,
-        settings,
+        plan,
+        Cohort(fraction=0.5, seed=1),
         test,
         on_update=lambda r, c, w, n: seen.append((r, c)),
     )
@@ -132,12 +130,10 @@ class LrRecorder(OrtTrainer):
 
 
 def test_each_round_trains_at_the_scheduled_learning_rate(bundle: Bundle) -> None:
-    settings = FederationSettings(
-        rounds=3, local_epochs=1, lr=4e-3, batch_size=8, seed=0, lr_schedule="cosine"
-    )
+    plan = FederationPlan(rounds=3, local_epochs=1, lr=4e-3, batch_size=8, lr_schedule="cosine")
     trainer = LrRecorder(bundle, "topics", lr=4e-3, threads=1)
     trainer.rates = []
-    run_federation(trainer, initial_module(bundle, "topics"), shares(bundle, [8]), settings)
+    run_federation(trainer, initial_module(bundle, "topics"), shares(bundle, [8]), plan, Cohort())
     expected = [round_lr(4e-3, "cosine", r, 3) for r in (1, 2, 3)]
     changes = [rate for i, rate in enumerate(trainer.rates) if i == 0 or rate != trainer.rates[i - 1]]
     assert changes == expected and expected[0] > expected[1] > expected[2] > 0
@@ -158,7 +154,17 @@ def test_simulate_command_writes_a_table_and_json(tmp_path: Path, bundle: Bundle
 
     # Execute
     result = simulate_command(
-        ["topics"], 10, 0.3, 1.0, 2, 1, "lora", "tiny-bert", out, 5e-3, 16, 16, 200, 100, "fedavg", 0, 1
+        ["topics"],
+        FederationPlan(rounds=2, local_epochs=1, lr=5e-3, batch_size=16),
+        Cohort(fraction=0.3, seed=0, eval_every=1),
+        clients=10,
+        alpha=1.0,
+        module="lora",
+        backbone="tiny-bert",
+        out=out,
+        max_length=16,
+        train_per_task=200,
+        test_per_task=100,
     )
 
     # Assert

@@ -6,7 +6,7 @@ import hashlib
 import time
 import uuid
 from collections.abc import Callable, Iterator
-from dataclasses import replace
+from dataclasses import fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +19,7 @@ from fedyolo.fedserver.config import ServerConfig
 from fedyolo.fedserver.synthetic import build_bundle
 from fedyolo.runtime.bundle import open_bundle
 from fedyolo.runtime.manifest import TaskSpec
+from fedyolo.runtime.plan import FederationPlan
 from fedyolo.runtime.wire import ModuleWeights, encode_module
 
 ENROLL_KEY = "test-enroll-key-0123456789"
@@ -33,8 +34,20 @@ def bundle_dir(tmp_path: Path) -> Path:
 @pytest.fixture
 def config(tmp_path: Path, bundle_dir: Path) -> ServerConfig:
     return ServerConfig(
-        bundle_dir=bundle_dir, state_dir=tmp_path / "state", rounds=3, min_clients=2, enroll_key=ENROLL_KEY
+        bundle_dir=bundle_dir,
+        state_dir=tmp_path / "state",
+        plan=FederationPlan(rounds=3),
+        min_clients=2,
+        enroll_key=ENROLL_KEY,
     )
+
+
+def configured(config: ServerConfig, **overrides: Any) -> ServerConfig:
+    """`config` with overrides; the names of the round plan's fields change the plan."""
+    plan_fields = {f.name for f in fields(FederationPlan)}
+    plan = {k: v for k, v in overrides.items() if k in plan_fields}
+    rest = {k: v for k, v in overrides.items() if k not in plan_fields}
+    return replace(config, **rest).with_plan(**plan)
 
 
 def task_spec(bundle_dir: Path, task_id: str = "topics") -> TaskSpec:
@@ -101,7 +114,7 @@ def make_api(config: ServerConfig, bundle_dir: Path) -> Iterator[Callable[..., A
     opened: list[TestClient] = []
 
     def make(**overrides: Any) -> Api:
-        client = TestClient(create_app(replace(config, **overrides)))
+        client = TestClient(create_app(configured(config, **overrides)))
         client.__enter__()
         opened.append(client)
         return Api(client, task_spec(bundle_dir))
@@ -123,11 +136,13 @@ def recompute_from_scratch(
     the stored update blobs alone (the server's aggregation code path is not used)."""
     import sqlite3
 
+    from fedyolo.fedserver.fold import WeightedSum
     from fedyolo.fedserver.store import DB_NAME
-    from fedyolo.fedserver.strategies import STRATEGIES, StrategyState, WeightedSum, clip_delta, module_delta
+    from fedyolo.fedserver.strategies import STRATEGIES, StrategyState, clip_delta, module_delta
     from fedyolo.runtime.wire import decode_module
 
     task = task_spec(bundle_dir, task_id)
+    plan = config.plan
     blobs = state_dir / "blobs"
 
     def blob(sha: str) -> bytes:
@@ -149,9 +164,9 @@ def recompute_from_scratch(
             (task_id, round_id),
         ):
             acc.add(
-                clip_delta(module_delta(decode_module(blob(sha), task), weights), config.clip_norm), examples
+                clip_delta(module_delta(decode_module(blob(sha), task), weights), plan.clip_norm), examples
             )
-        weights, state = STRATEGIES[config.strategy](weights, acc.mean(), state, config.strategy_params)
+        weights, state = STRATEGIES[plan.strategy](weights, acc.mean(), state, plan.strategy_params)
         expected[round_id] = weights
     db.close()
     return expected

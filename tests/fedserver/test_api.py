@@ -6,7 +6,6 @@ import hashlib
 import json
 import math
 import sqlite3
-from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -14,8 +13,8 @@ import numpy as np
 import pytest
 from safetensors.numpy import save as st_save
 
-from fedyolo.fedserver.errors import ServerConfigError
 from fedyolo.fedserver.store import DB_NAME
+from fedyolo.runtime.plan import PlanError
 from fedyolo.runtime.wire import decode_module, encode_module
 
 from .conftest import ENROLL_KEY, Api, random_module
@@ -271,8 +270,8 @@ def test_rounds_hand_out_the_cosine_scheduled_learning_rate(make_api: Any) -> No
 
 
 def test_an_unknown_lr_schedule_is_refused_at_start_up(config: Any) -> None:
-    with pytest.raises(ServerConfigError, match="lr_schedule 'warm' is unknown"):
-        replace(config, lr_schedule="warm")
+    with pytest.raises(PlanError, match="unknown lr schedule 'warm'"):
+        config.with_plan(lr_schedule="warm")
 
 
 def test_deadline_closes_a_round_with_fewer_updates_and_extends_an_empty_one(make_api: Any) -> None:

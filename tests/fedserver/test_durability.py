@@ -24,6 +24,7 @@ import pytest
 from fedyolo.fedserver.config import ServerConfig
 from fedyolo.fedserver.store import DB_NAME
 from fedyolo.fedserver.synthetic import ADAPTER_MODULE, build_bundle
+from fedyolo.runtime.plan import FederationPlan
 from fedyolo.runtime.wire import encode_module
 
 from .conftest import (
@@ -138,7 +139,11 @@ def test_sigkill_during_uploads_and_aggregation_loses_nothing(tmp_path: Path, wo
     bundle = build_bundle(tmp_path / "bundle", tasks={"topics": ADAPTER_MODULE})
     state = tmp_path / "state"
     config = ServerConfig(
-        bundle_dir=bundle, state_dir=state, rounds=10_000, min_clients=3, enroll_key=ENROLL_KEY
+        bundle_dir=bundle,
+        state_dir=state,
+        plan=FederationPlan(rounds=10_000),
+        min_clients=3,
+        enroll_key=ENROLL_KEY,
     )
     server = ServerProcess(
         bundle, state, free_port(), config.min_clients, config.rounds, tmp_path / "server.log", workers

@@ -13,6 +13,7 @@ import pytest
 from fedyolo.fedserver.config import ServerConfig
 from fedyolo.fedserver.serve import serve_in_thread
 from fedyolo.fedserver.synthetic import build_bundle, head_module
+from fedyolo.runtime.plan import FederationPlan
 
 from .conftest import ENROLL_KEY
 
@@ -26,7 +27,7 @@ def test_schemathesis_finds_no_server_error_nor_undocumented_answer(tmp_path: Pa
     config = ServerConfig(
         bundle_dir=bundle,
         state_dir=tmp_path / "state",
-        rounds=3,
+        plan=FederationPlan(rounds=3),
         min_clients=2,
         enroll_key=ENROLL_KEY,
         max_long_poll_s=0.2,

@@ -88,13 +88,13 @@ def test_garbage_of_an_interrupted_upload_is_collected_at_start(
 
 
 def test_more_rounds_on_restart_continue_a_finished_task(config: ServerConfig, bundle_dir: Path) -> None:
-    one = replace(config, rounds=1, min_clients=1)
+    one = replace(config, min_clients=1).with_plan(rounds=1)
     client, api = open_api(one, bundle_dir)
     auth = api.register()
     api.upload(auth, 1, random_module(api.task, 1))
     assert api.wait_round(auth, 1)["status"] == "finished"
     client.__exit__(None, None, None)
-    client, api = open_api(replace(one, rounds=2), bundle_dir)
+    client, api = open_api(one.with_plan(rounds=2), bundle_dir)
     info = api.round(auth)
     client.__exit__(None, None, None)
     assert (info["round"], info["status"], info["module_version"]) == (2, "open", 1)

@@ -7,18 +7,17 @@ import itertools
 import numpy as np
 import pytest
 
+from fedyolo.fedserver.fold import WeightedSum
 from fedyolo.fedserver.strategies import (
-    StrategyParams,
     StrategyState,
-    WeightedSum,
     clip_delta,
     delta_norm,
     fedadam,
     fedavg,
     fedavgm,
     module_delta,
-    round_lr,
 )
+from fedyolo.runtime.plan import StrategyParams, round_lr
 
 SHAPES = {"a": (4, 3), "b": (5,)}
 

@@ -16,6 +16,7 @@ from fedyolo.fedserver.store import Store
 from fedyolo.fedserver.synthetic import build_bundle
 from fedyolo.fedserver.uploads import Update
 from fedyolo.runtime.bundle import open_bundle
+from fedyolo.runtime.plan import FederationPlan
 from fedyolo.runtime.wire import encode_module
 
 from .conftest import ENROLL_KEY, random_module, recompute_from_scratch, stored_versions
@@ -27,7 +28,11 @@ def filled_round(tmp_path: Path, n: int) -> tuple[Rounds, ServerConfig]:
     """A round of `n` accepted updates from `n` clients, closed and waiting for aggregation."""
     bundle = open_bundle(build_bundle(tmp_path / "bundle", tasks={"topics": MODULE}))
     config = ServerConfig(
-        bundle_dir=bundle.root, state_dir=tmp_path / "state", rounds=2, min_clients=n, enroll_key=ENROLL_KEY
+        bundle_dir=bundle.root,
+        state_dir=tmp_path / "state",
+        plan=FederationPlan(rounds=2),
+        min_clients=n,
+        enroll_key=ENROLL_KEY,
     )
     store = Store(config.state_dir)
     rounds = Rounds(config, bundle, store)

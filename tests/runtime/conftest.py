@@ -13,6 +13,7 @@ from fedyolo.fedserver.synthetic import build_bundle, head_module
 from fedyolo.runtime.bundle import Bundle
 from fedyolo.runtime.http_transport import RetryPolicy
 from fedyolo.runtime.manifest import TaskSpec
+from fedyolo.runtime.plan import FederationPlan
 from fedyolo.runtime.trainer import Batch, EvalResult
 from fedyolo.runtime.wire import ModuleWeights, check_module
 
@@ -103,10 +104,7 @@ def config(tmp_path: Path, bundle_dir: Path) -> ServerConfig:
     return ServerConfig(
         bundle_dir=bundle_dir,
         state_dir=tmp_path / "server",
-        rounds=4,
+        plan=FederationPlan(rounds=4, local_epochs=3, lr=2.0, batch_size=16),
         min_clients=3,
-        local_epochs=3,
-        lr=2.0,
-        batch_size=16,
         enroll_key=KEY,
     )

@@ -3,6 +3,7 @@ the pull inside `OrtTrainer.step`, which keeps AdamW's moments (the fallback res
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -14,13 +15,14 @@ from fedyolo.runtime.fedprox import ProximalTrainer, proximal_step
 from fedyolo.runtime.local import encode_examples
 from fedyolo.runtime.manifest import MODULE_WEIGHTS
 from fedyolo.runtime.ort_trainer import OrtTrainer
+from fedyolo.runtime.plan import RoundPlan
 from fedyolo.runtime.trainer import Batch
 from fedyolo.runtime.wire import ModuleWeights, decode_module
 from fedyolo.tasks import load_task
 
 from .conftest import SoftmaxTrainer, make_data
 
-ROUND = {"batch_size": 16, "local_epochs": 2, "lr": 5e-3}
+ROUND = RoundPlan(round=1, batch_size=16, local_epochs=2, lr=5e-3)
 
 
 @pytest.fixture(scope="module")
@@ -39,7 +41,9 @@ def initial(bundle: Bundle) -> ModuleWeights:
 
 def trained(trainer: OrtTrainer, data: Batch, mu: float) -> ModuleWeights:
     """The module after one round of `ROUND` with FedProx's `mu`, from the bundle's initial module."""
-    train_round(trainer, initial(trainer.bundle), data, ROUND | {"proximal_mu": mu}, np.random.default_rng(0))
+    train_round(
+        trainer, initial(trainer.bundle), data, replace(ROUND, proximal_mu=mu), np.random.default_rng(0)
+    )
     return trainer.get_module()
 
 
@@ -64,12 +68,12 @@ def test_fedprox_keeps_local_training_closer_to_the_global_module(bundle_dir: Pa
     task = bundle.task("topics")
     start = decode_module((bundle_dir / "tasks/topics/module.safetensors").read_bytes(), task)
     data = make_data(64, seed=3, label_probs=np.array([0.9, 0.1, 0, 0, 0]))
-    info = {"batch_size": 16, "local_epochs": 3, "lr": 0.5}
+    plan = RoundPlan(round=1, batch_size=16, local_epochs=3, lr=0.5)
     drift = {}
     for mu in (0.0, 1.0):
         trainer = SoftmaxTrainer(bundle, "topics")
         # Execute
-        train_round(trainer, start, data, info | {"proximal_mu": mu}, np.random.default_rng(0))
+        train_round(trainer, start, data, replace(plan, proximal_mu=mu), np.random.default_rng(0))
         drift[mu] = distance(trainer.get_module(), start)
     # Assert
     assert drift[1.0] < 0.8 * drift[0.0]
@@ -115,7 +119,7 @@ def test_a_new_round_drops_the_last_rounds_pull(bundle: Bundle, data: Batch) -> 
     # Execute: set_module starts a round; training without FedProx must not pull towards `elsewhere`
     for trainer in (fresh, reused):
         trainer.set_module(initial(bundle))
-        trainer.set_learning_rate(ROUND["lr"])
+        trainer.set_learning_rate(ROUND.lr)
         for start in range(0, 48, 16):
             trainer.step({name: array[start : start + 16] for name, array in data.items()})
 
