@@ -4,6 +4,11 @@ strategy step and the commit remain, so clients are not kept waiting for a sum o
 
 The running sum lives in memory only. After a restart it is rebuilt from the stored blobs in the same
 order, so the committed module is bitwise the one an uninterrupted server would have made.
+
+No task can be wedged by one update: an update that cannot be folded (its blob lost or damaged, its
+weights unreadable, its change not finite) is set aside (`Rounds.quarantine`, kept for inspection) and
+the rest are folded; a fold whose result is not finite never commits: the update with the largest
+change is set aside and the round folded again without it.
 """
 
 from __future__ import annotations
@@ -13,13 +18,16 @@ import json
 import logging
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Any
 
-from fedyolo.fedserver.fold import RoundFold
+from fedyolo.fedserver.fold import RoundFold, is_finite
 from fedyolo.fedserver.reports import MetricsMean
 from fedyolo.fedserver.rounds import Rounds
-from fedyolo.fedserver.store import decode_state, encode_state
+from fedyolo.fedserver.store import BlobError, decode_state, encode_state
 from fedyolo.fedserver.strategies import StrategyState
+from fedyolo.runtime.errors import ModuleWeightsError
+from fedyolo.runtime.manifest import TaskSpec
 from fedyolo.runtime.wire import ModuleWeights, decode_module, encode_module
 
 log = logging.getLogger(__name__)
@@ -37,6 +45,7 @@ class Fold:
     updates: RoundFold
     metrics: MetricsMean
     last_id: int = 0
+    ids: list[int] = field(default_factory=list)  # the folded updates, in `updates.folded` order
 
 
 class Aggregator:
@@ -102,19 +111,24 @@ class Aggregator:
                     fold = self._folds[task_id] = self._new_fold(task_id, round_id)
                 blobs = self.rounds.store.blobs
                 for row in self.rounds.updates(task_id, round_id, after_id=fold.last_id):
-                    weights = self._fresh.pop((task_id, row["id"]), None)
-                    if weights is None:  # not handed over in memory (another process, or a restart)
-                        weights = decode_module(blobs.get(row["blob"]), task)
-                    fold.updates.add(weights, row["examples"])
-                    fold.metrics.add(row["examples"], json.loads(row["metrics"]))
                     fold.last_id = row["id"]
-                if not commit:
+                    problem = self._fold_one(fold, task, row)
+                    if problem is not None:  # nothing of it entered the fold: the rest go on without it
+                        self.rounds.quarantine(task_id, round_id, row["id"], problem)
+                if not commit or fold.updates.count == 0:  # none left: quarantine opened the round again
                     return None
                 new_weights, new_state = fold.updates.result()
+                if not is_finite(new_weights, new_state):
+                    worst = max(range(fold.updates.count), key=lambda i: fold.updates.folded[i].norm)
+                    reason = (
+                        f"the round's aggregate was not finite with it (its change has L2 norm "
+                        f"{fold.updates.folded[worst].norm:.3g}, the largest of the round)"
+                    )
+                    del self._folds[task_id]  # fold the rest again from their blobs
+                    self.rounds.quarantine(task_id, round_id, fold.ids[worst], reason)
+                    return None
                 module_blob = blobs.put(encode_module(new_weights, task))
-                state_blob = (
-                    blobs.put(encode_state(new_state)) if new_state.first or new_state.second else None
-                )
+                state_blob = blobs.put(encode_state(new_state))  # moments and the bounds' history
                 version = self.rounds.commit(task_id, round_id, module_blob, state_blob, fold.metrics.mean())
             except BaseException:
                 self._folds.pop(task_id, None)  # start again from the blobs: never add an update twice
@@ -127,6 +141,19 @@ class Aggregator:
                 task_id, round_id, fold.updates.count, fold.updates.examples, version,
             )  # fmt: skip
         return version
+
+    def _fold_one(self, fold: Fold, task: TaskSpec, row: Any) -> str | None:
+        """Fold one stored update in; why it could not be, or None."""
+        weights = self._fresh.pop((task.task_id, row["id"]), None)
+        try:
+            if weights is None:  # not handed over in memory (another process, or a restart)
+                weights = decode_module(self.rounds.store.blobs.get(row["blob"]), task)
+            fold.updates.add(weights, row["examples"])
+        except (BlobError, ModuleWeightsError, ValueError) as e:
+            return str(e)
+        fold.metrics.add(row["examples"], json.loads(row["metrics"]))
+        fold.ids.append(row["id"])
+        return None
 
     def _new_fold(self, task_id: str, round_id: int) -> Fold:
         task = self.rounds.task(task_id)

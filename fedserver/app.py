@@ -176,7 +176,7 @@ def create_app(config: ServerConfig, recover: bool = True) -> FastAPI:
         rounds.recover()
     aggregator = Aggregator(rounds)
     signal = RoundSignal(rounds)
-    clients = Clients(store, config.enroll_key)
+    clients = Clients(store, config.enroll_key, config.max_clients)
     files = bundle_files(bundle)
 
     @asynccontextmanager

@@ -25,8 +25,9 @@ def new_enroll_key() -> str:
 class Clients:
     """Registration and token checks; verified token hashes are cached in memory."""
 
-    def __init__(self, store: Store, enroll_key: str) -> None:
+    def __init__(self, store: Store, enroll_key: str, max_clients: int = 10_000) -> None:
         self.store = store
+        self.max_clients = max_clients
         self._enroll_key = enroll_key.encode()
         self._known: dict[str, int] = {}
         self._lock = threading.Lock()
@@ -38,6 +39,13 @@ class Clients:
         token = TOKEN_PREFIX + secrets.token_urlsafe(32)
         digest = sha256_hex(token.encode())
         with self.store.transaction() as db:
+            (registered,) = db.execute("SELECT COUNT(*) FROM clients").fetchone()
+            if registered >= self.max_clients:
+                raise ApiError(
+                    "enrollment_full",
+                    f"this server's enrollment key has registered its {self.max_clients} devices; "
+                    "ask the operator (fedyolo serve --max-clients)",
+                )
             cursor = db.execute(
                 "INSERT INTO clients (token_hash, name, created_at) VALUES (?, ?, ?)",
                 (digest, name, time.time()),

@@ -37,7 +37,13 @@ class ServerConfig:
     max_update_bytes
         Byte cap of an upload; 0 means the task's fp32 module size plus header room.
     max_examples
-        The largest example count one update may claim (it weights the average).
+        The largest example count one update may claim; the fold also caps what a claim weighs at a
+        multiple of the recent median claim (the plan's `example_cap`).
+    max_abs_weight
+        An update holding a value beyond this magnitude is refused (0: no check). 65504, the largest
+        float16, by default: no sane module weight is larger, and fp16 wires could not carry it.
+    max_clients
+        Devices the enrollment key registers at most; then registration answers 403 enrollment_full.
     max_long_poll_s
         The longest a `GET .../round?wait_s=` is held before it answers anyway.
     """
@@ -49,6 +55,8 @@ class ServerConfig:
     deadline_s: float = 600.0
     max_update_bytes: int = 0
     max_examples: int = 1_000_000
+    max_abs_weight: float = 65504.0
+    max_clients: int = 10_000
     enroll_key: str = ""
     max_long_poll_s: float = 30.0
 
@@ -60,6 +68,8 @@ class ServerConfig:
             problems.append("deadline_s must be positive")
         if self.max_update_bytes < 0 or self.max_examples < 1:
             problems.append("max_update_bytes must not be negative and max_examples must be at least 1")
+        if not self.max_abs_weight >= 0 or self.max_clients < 1:
+            problems.append("max_abs_weight must not be negative and max_clients must be at least 1")
         if len(self.enroll_key) < 16:
             problems.append(
                 "the enrollment key must have at least 16 characters (leave it out to generate one)"

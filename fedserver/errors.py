@@ -11,6 +11,7 @@ from fedyolo.runtime.errors import FedyoloError
 CODES: dict[str, int] = {
     "invalid_request": 422,  # a parameter or JSON body does not match the OpenAPI schema
     "bad_enroll_key": 401,  # registration with a wrong or missing enrollment key
+    "enrollment_full": 403,  # the enrollment key registered as many devices as the server allows
     "unauthorized": 401,  # missing, malformed or unknown client token
     "not_found": 404,  # no such route or file
     "unknown_task": 404,  # the task is not in the server's bundle
@@ -20,6 +21,7 @@ CODES: dict[str, int] = {
     "already_submitted": 409,  # this client already has an update in this round
     "idempotency_conflict": 409,  # an idempotency key reused for a different update
     "task_finished": 409,  # every round of the task is done
+    "update_quarantined": 409,  # this client's update for the round was set aside by the fold
     "payload_too_large": 413,  # the update is over the byte cap; refused before it is read in full
     "bad_range": 416,  # a Range header the file cannot satisfy
     "invalid_update": 422,  # not safetensors, or names, shapes, dtype or values differ from the manifest

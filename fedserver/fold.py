@@ -2,24 +2,34 @@
 
     fold = RoundFold(global_weights, plan, state)
     for update, examples in round:             # one update in memory at a time
-        fold.add(update, examples)             # clip(update - global) * examples, summed in float64
-    new_weights, new_state = fold.result()     # the plan's strategy over the weighted mean delta
+        fold.add(update, examples)             # bounded: clip(update - global) * capped examples
+    new_weights, new_state = fold.result()     # the plan's strategy over the aggregated delta
 
 The server folds each accepted update while its round is still open (aggregator.py), `fedyolo simulate`
 folds its simulated clients' updates, and the Flower ServerApp folds its clients' replies: the same
-updates in the same order give bit-identical modules in all three.
+updates in the same order, from the same state, give bit-identical modules in all three.
+
+Bounded influence, on by default (the plan's `adaptive_clip` and `example_cap`): an update's change is
+clipped to a multiple of the median change of the task's recent updates, and its weight to a multiple of
+their median example claim. Both medians come from the state carried from round to round and from the
+updates folded before this one, so a restarted server that re-folds in acceptance order gets the same
+bounds. While no update is known yet, the change is bounded by a multiple of the module's own norm.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, replace
 
 import numpy as np
 
-from fedyolo.fedserver.strategies import STRATEGIES, Deltas, StrategyState, clip_scale
+from fedyolo.fedserver.strategies import STRATEGIES, Deltas, StrategyState, delta_norm
 from fedyolo.runtime.plan import FederationPlan
 from fedyolo.runtime.wire import ModuleWeights
+
+HISTORY = 64  # recent updates whose medians bound the next ones
+MIN_HISTORY = 3  # fewer known updates than this: no median yet
 
 
 class WeightedSum:
@@ -53,6 +63,16 @@ def check_weight(weight: float) -> None:
         raise ValueError(f"an update's weight must be positive and finite, got {weight}")
 
 
+@dataclass(frozen=True)
+class Folded:
+    """How one update entered the fold: its change's norm before clipping, the bound, and its weight."""
+
+    norm: float
+    clipped_to: float  # 0: not clipped
+    claimed: float
+    weight: float
+
+
 class RoundFold:
     """The running aggregate of one round, started from the round's global module and strategy state."""
 
@@ -63,35 +83,103 @@ class RoundFold:
         self.plan = plan
         self.state = state if state is not None else StrategyState()
         self.acc = WeightedSum({name: w.shape for name, w in global_weights.items()})
+        self.folded: list[Folded] = []
+        self._norms = list(self.state.norms)
+        self._claims = list(self.state.claims)
+        self._module_norm = delta_norm(global_weights)
+        self._kept: list[dict[str, np.ndarray]] = []  # the robust aggregates need every delta
         # One float64 buffer per tensor, reused by every update: the delta is computed, clipped and
         # weighted in place.
         self._delta = {name: np.empty(w.shape, dtype=np.float64) for name, w in global_weights.items()}
 
-    def add(self, update: Mapping[str, np.ndarray], examples: float) -> None:
-        """Fold in `examples * clip(update - global)`; `update` holds exactly the module's tensors."""
+    def clip_bound(self) -> float:
+        """The L2 bound on the next update's change (0: none)."""
+        bounds = [self.plan.clip_norm] if self.plan.clip_norm > 0 else []
+        if self.plan.adaptive_clip > 0:
+            if len(self._norms) >= MIN_HISTORY:
+                bounds.append(self.plan.adaptive_clip * float(np.median(self._norms[-HISTORY:])))
+            elif self._module_norm > 0:
+                bounds.append(self.plan.adaptive_clip * self._module_norm)
+        return min(bounds) if bounds else 0.0
+
+    def weight_cap(self) -> float:
+        """The most the next update may weigh, whatever it claims (inf: no cap yet)."""
+        if self.plan.example_cap > 0 and len(self._claims) >= MIN_HISTORY:
+            return self.plan.example_cap * float(np.median(self._claims[-HISTORY:]))
+        return math.inf
+
+    def add(self, update: Mapping[str, np.ndarray], examples: float) -> Folded:
+        """Fold in `weight * clip(update - global)`; `update` holds exactly the module's tensors."""
         check_weight(examples)
         if set(update) != set(self._delta):
             raise ValueError("the update's tensor names differ from the global module's")
         for name, g in self.global_weights.items():
             np.subtract(update[name], g, out=self._delta[name], dtype=np.float64)
-        scale = clip_scale(self._delta, self.plan.clip_norm)
-        if scale != 1.0:
+        norm = delta_norm(self._delta)
+        if not math.isfinite(norm):
+            raise ValueError(f"the update's change to the module is not finite (L2 norm {norm})")
+        bound = self.clip_bound()
+        clipped = bound > 0 and norm > bound
+        if clipped:
             for buffer in self._delta.values():
-                buffer *= scale
-        self.acc.add(self._delta, examples)
+                buffer *= bound / norm
+        weight = min(float(examples), self.weight_cap())
+        if self.plan.aggregate == "mean":
+            self.acc.add(self._delta, weight)
+        else:
+            self._kept.append({name: d.copy() for name, d in self._delta.items()})
+        self._norms.append(norm)
+        self._claims.append(float(examples))
+        entry = Folded(
+            norm=norm, clipped_to=bound if clipped else 0.0, claimed=float(examples), weight=weight
+        )
+        self.folded.append(entry)
+        return entry
 
     @property
     def count(self) -> int:
-        return self.acc.count
+        return len(self.folded)
 
     @property
     def examples(self) -> float:
-        return self.acc.total_weight
+        """The examples the folded updates claimed."""
+        return sum(f.claimed for f in self.folded)
+
+    @property
+    def weight(self) -> float:
+        """What the folded updates weigh: their claims, capped."""
+        return sum(f.weight for f in self.folded)
+
+    def delta(self) -> dict[str, np.ndarray]:
+        """The round's aggregated change: the weighted mean, or the coordinate-wise median/trimmed mean."""
+        if self.plan.aggregate == "mean":
+            return self.acc.mean()
+        if not self._kept:
+            raise ValueError("no update was added; a round needs at least one")
+        out = {}
+        for name in self.global_weights:
+            stacked = np.stack([d[name] for d in self._kept])  # [updates, *shape]
+            if self.plan.aggregate == "median":
+                out[name] = np.median(stacked, axis=0)
+            else:
+                cut = int(self.plan.trim * len(self._kept))
+                ordered = np.sort(stacked, axis=0)
+                out[name] = ordered[cut : len(self._kept) - cut].mean(axis=0)
+        return out
 
     def result(self) -> tuple[ModuleWeights, StrategyState]:
-        """The next global module (float32) and strategy state; raises when no update was folded."""
+        """The next global module (float32) and state; raises when no update was folded."""
         strategy = STRATEGIES[self.plan.strategy]
-        return strategy(self.global_weights, self.acc.mean(), self.state, self.plan.strategy_params)
+        weights, state = strategy(self.global_weights, self.delta(), self.state, self.plan.strategy_params)
+        return weights, replace(
+            state, norms=tuple(self._norms[-HISTORY:]), claims=tuple(self._claims[-HISTORY:])
+        )
+
+
+def is_finite(weights: ModuleWeights, state: StrategyState) -> bool:
+    """Whether a fold's result can be committed: every weight and strategy moment finite."""
+    arrays = [*weights.values(), *state.first.values(), *state.second.values()]
+    return all(bool(np.isfinite(a).all()) for a in arrays)
 
 
 def fold_round(

@@ -69,6 +69,9 @@ def server_status(rounds: Rounds) -> dict[str, Any]:
                 (task_id,),
             ).fetchone()
             metrics = json.loads(last[0] or "{}") if last else {}
+            (quarantined,) = db.execute(
+                "SELECT COUNT(*) FROM quarantine WHERE task_id = ?", (task_id,)
+            ).fetchone()
             info = rounds.current(task_id)
             tasks.append(
                 {
@@ -76,6 +79,7 @@ def server_status(rounds: Rounds) -> dict[str, Any]:
                     "rounds_committed": info.round if info.status == "finished" else info.round - 1,
                     "clients": clients,
                     "updates_total": updates,
+                    "quarantined": quarantined,
                     "bytes_received": received,
                     "module_bytes": rounds.task(task_id).module_bytes,
                     "accuracy": metrics.get("accuracy"),

@@ -20,9 +20,11 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, fields
 from typing import Any
 
+import numpy as np
+
 from fedyolo.fedserver.config import ServerConfig
 from fedyolo.fedserver.errors import ApiError, ServerConfigError
-from fedyolo.fedserver.store import Store, sha256_hex
+from fedyolo.fedserver.store import UPDATE_COLUMNS, Store, sha256_hex
 from fedyolo.fedserver.uploads import (
     Answer,
     Update,
@@ -62,6 +64,20 @@ class RoundInfo:
     def to_json(self) -> dict[str, Any]:
         body = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "plan"}
         return body | self.plan.to_json()
+
+
+def check_magnitude(weights: ModuleWeights, max_abs: float) -> None:
+    """Refuse weights beyond `max_abs` (0: no check): they could only be an attack or a broken client."""
+    if max_abs <= 0:
+        return
+    for name, w in weights.items():
+        peak = float(np.abs(w).max(initial=0.0))
+        if peak > max_abs:
+            raise ApiError(
+                "invalid_update",
+                f"tensor {name!r} holds a value of magnitude {peak:.3g}; this server accepts at most "
+                f"{max_abs:g} (the operator sets it with --max-abs-weight)",
+            )
 
 
 def spec_sha256(task: TaskSpec) -> str:
@@ -116,7 +132,8 @@ class Rounds:
             listener()
 
     def recover(self) -> None:
-        """Create missing tasks and drop blobs no row names (left by uploads a crash interrupted).
+        """Create missing tasks, drop blobs no row names (left by uploads a crash interrupted), and check
+        the blobs still needed against their hashes (`check_store`), setting aside updates whose blob is lost.
 
         Run it in one process before serving: a server worker must not collect a blob another is writing.
         """
@@ -125,6 +142,8 @@ class Rounds:
         removed = self.store.blobs.collect(self.store.referenced_blobs())
         if removed:
             log.info("removed %d unreferenced blob or temp files left by an interrupted upload", removed)
+        for problem in self.check_store():
+            log.warning("store check: %s", problem)
         with self.store.read() as db:
             for row in db.execute(
                 "SELECT task_id, round FROM rounds WHERE status = 'aggregating' ORDER BY round"
@@ -244,6 +263,7 @@ class Rounds:
             weights = decode_module(update.body, task)
         except ModuleWeightsError as e:
             raise ApiError("invalid_update", str(e)) from e
+        check_magnitude(weights, self.config.max_abs_weight)
         self.store.blobs.put(update.body, sha)  # durable before the row that names it
         answer = self.store.grouped(
             lambda db: record(db, update, sha, metrics, self.config.min_clients, self.clock)
@@ -312,6 +332,68 @@ class Rounds:
                 self._open_round(db, task_id, round_id + 1, version, now)
         self._changed()
         return version
+
+    def quarantine(self, task_id: str, round_id: int, update_id: int, reason: str) -> None:
+        """Set an accepted update aside (kept, with its blob, for inspection) so its round can fold the rest.
+
+        A round left with no update goes back to open, with a new deadline, instead of waiting forever.
+        """
+        now = self.clock()
+        with self.store.transaction() as db:
+            moved = db.execute(
+                f"INSERT INTO quarantine ({UPDATE_COLUMNS}, reason, quarantined_at) "
+                f"SELECT {UPDATE_COLUMNS}, ?, ? FROM updates WHERE id = ? AND task_id = ? AND round = ?",
+                (reason, now, update_id, task_id, round_id),
+            ).rowcount
+            db.execute("DELETE FROM updates WHERE id = ?", (update_id,))
+            left = db.execute(
+                "SELECT COUNT(*) FROM updates WHERE task_id = ? AND round = ?", (task_id, round_id)
+            ).fetchone()[0]
+            if moved and left == 0:
+                db.execute(
+                    "UPDATE rounds SET status = 'open', closed_at = NULL, deadline_at = ? "
+                    "WHERE task_id = ? AND round = ? AND status = 'aggregating'",
+                    (now + self.config.deadline_s, task_id, round_id),
+                )
+        if moved:
+            log.warning(
+                "task %r round %d: update %d set aside (%s)%s",
+                task_id, round_id, update_id, reason, "; the round is open again" if left == 0 else "",
+            )  # fmt: skip
+            self._changed()
+
+    def check_store(self) -> list[str]:
+        """Check every blob the server still needs against its hash; set aside the updates whose blob is
+        lost, and return what was found (for the start-up log). A lost module version cannot be rebuilt:
+        the latest one of a task is a ServerConfigError naming the fix."""
+        found = []
+        with self.store.read() as db:
+            pending = db.execute(
+                "SELECT u.id, u.task_id, u.round, u.blob FROM updates u JOIN rounds r "
+                "ON r.task_id = u.task_id AND r.round = u.round WHERE r.status != 'committed' ORDER BY u.id"
+            ).fetchall()
+            versions = db.execute(
+                "SELECT task_id, version, blob, state_blob, version = (SELECT MAX(version) FROM module_versions "
+                "m WHERE m.task_id = v.task_id) AS latest FROM module_versions v ORDER BY task_id, version"
+            ).fetchall()
+        for row in pending:
+            problem = self.store.blobs.check(row["blob"])
+            if problem is not None:
+                self.quarantine(row["task_id"], row["round"], row["id"], problem)
+                found.append(f"update {row['id']} of task {row['task_id']!r} round {row['round']}: {problem}")
+        for row in versions:
+            problems = [self.store.blobs.check(b) for b in (row["blob"], row["state_blob"]) if b]
+            problem = next((p for p in problems if p), None)
+            if problem is None:
+                continue
+            if row["latest"]:
+                raise ServerConfigError(
+                    f"module version {row['version']} of task {row['task_id']!r}, the one its rounds go on "
+                    f"from, is lost ({problem}); restore {self.config.state_dir} from a backup or serve with "
+                    "a new --state-dir"
+                )
+            found.append(f"module version {row['version']} of task {row['task_id']!r}: {problem}")
+        return found
 
     def updates(self, task_id: str, round_id: int, after_id: int = 0, page: int = 256) -> Iterator[Any]:
         """A round's updates with id > `after_id`, in acceptance order, a page at a time (memory O(page))."""

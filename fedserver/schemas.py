@@ -92,6 +92,9 @@ class TaskStatus(RoundBody):
     rounds_committed: int
     clients: int
     updates_total: int
+    quarantined: int = Field(
+        description="updates the fold set aside (lost blob, not finite), kept to inspect"
+    )
     bytes_received: int
     module_bytes: int
     accuracy: float | None

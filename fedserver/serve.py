@@ -135,6 +135,9 @@ def serve_command(
     state_dir: str | os.PathLike[str] | None = None,
     deadline_s: float = 600.0,
     max_update_bytes: int = 0,
+    max_examples: int = 1_000_000,
+    max_abs_weight: float = 65504.0,
+    max_clients: int = 10_000,
     ssl_certfile: str | os.PathLike[str] | None = None,
     ssl_keyfile: str | os.PathLike[str] | None = None,
     log_level: str = "info",
@@ -156,6 +159,9 @@ def serve_command(
         min_clients=min_clients,
         deadline_s=deadline_s,
         max_update_bytes=max_update_bytes,
+        max_examples=max_examples,
+        max_abs_weight=max_abs_weight,
+        max_clients=max_clients,
         enroll_key=key,
     )
     if not enroll_key:

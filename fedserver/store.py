@@ -81,11 +81,35 @@ CREATE TABLE IF NOT EXISTS updates (
     FOREIGN KEY (task_id, round) REFERENCES rounds(task_id, round)
 );
 CREATE INDEX IF NOT EXISTS updates_round ON updates(task_id, round, id);
+CREATE TABLE IF NOT EXISTS quarantine (       -- accepted updates a round's fold set aside, kept to inspect
+    id INTEGER PRIMARY KEY,                   -- the update's id when it was accepted
+    task_id TEXT NOT NULL,
+    round INTEGER NOT NULL,
+    client_id INTEGER NOT NULL,
+    idempotency_key TEXT NOT NULL,
+    blob TEXT NOT NULL,
+    body_bytes INTEGER NOT NULL,
+    examples INTEGER NOT NULL,
+    metrics TEXT NOT NULL,
+    status_code INTEGER NOT NULL,
+    response TEXT NOT NULL,
+    received_at REAL NOT NULL,
+    reason TEXT NOT NULL,
+    quarantined_at REAL NOT NULL
+);
 """
+UPDATE_COLUMNS = (
+    "id, task_id, round, client_id, idempotency_key, blob, body_bytes, examples, metrics, status_code, "
+    "response, received_at"
+)
 
 
 def sha256_hex(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
+
+
+class BlobError(OSError):
+    """A blob that is missing or does not hash to its name: the disk lost or damaged it."""
 
 
 class BlobStore:
@@ -114,11 +138,22 @@ class BlobStore:
         return sha
 
     def get(self, sha: str) -> bytes:
-        """The blob's bytes, checked against its name."""
-        data = self.path(sha).read_bytes()
+        """The blob's bytes, checked against its name; BlobError when it is missing or damaged."""
+        try:
+            data = self.path(sha).read_bytes()
+        except FileNotFoundError as e:
+            raise BlobError(f"blob {sha[:12]} is missing from {self.root}") from e
         if sha256_hex(data) != sha:
-            raise OSError(f"blob {sha} is corrupt on disk ({self.path(sha)})")
+            raise BlobError(f"blob {sha[:12]} is corrupt on disk ({self.path(sha)})")
         return data
+
+    def check(self, sha: str) -> str | None:
+        """Why the blob cannot be read (missing, damaged), or None when it is sound."""
+        try:
+            self.get(sha)
+        except BlobError as e:
+            return str(e)
+        return None
 
     def collect(self, keep: set[str]) -> int:
         """Delete temp files and every blob not in `keep`; returns how many files went. Start-up only."""
@@ -267,7 +302,7 @@ class Store:
     def referenced_blobs(self) -> set[str]:
         with self.read() as db:
             rows = db.execute(
-                "SELECT blob FROM updates UNION SELECT blob FROM module_versions "
+                "SELECT blob FROM updates UNION SELECT blob FROM quarantine UNION SELECT blob FROM module_versions "
                 "UNION SELECT state_blob FROM module_versions WHERE state_blob IS NOT NULL"
             ).fetchall()
         return {r[0] for r in rows}
@@ -277,20 +312,28 @@ def encode_state(state: StrategyState) -> bytes:
     """Strategy state as safetensors: `first/<name>`, `second/<name>`, the step in the metadata."""
     tensors = {f"first/{k}": np.ascontiguousarray(v) for k, v in state.first.items()}
     tensors |= {f"second/{k}": np.ascontiguousarray(v) for k, v in state.second.items()}
-    return st_save(tensors, metadata={"step": str(state.step)})
+    history = json.dumps({"norms": list(state.norms), "claims": list(state.claims)})
+    return st_save(tensors, metadata={"step": str(state.step), "history": history})
 
 
 def decode_state(data: bytes) -> StrategyState:
     """Inverse of `encode_state`."""
-    step = _state_step(data)
+    metadata = _state_metadata(data)
+    history = json.loads(metadata.get("history", "{}"))
     tensors = st_load(data)
     first = {k.removeprefix("first/"): v for k, v in tensors.items() if k.startswith("first/")}
     second = {k.removeprefix("second/"): v for k, v in tensors.items() if k.startswith("second/")}
-    return StrategyState(step=step, first=first, second=second)
+    return StrategyState(
+        step=int(metadata.get("step", "0")),
+        first=first,
+        second=second,
+        norms=tuple(float(x) for x in history.get("norms", [])),
+        claims=tuple(float(x) for x in history.get("claims", [])),
+    )
 
 
-def _state_step(data: bytes) -> int:
+def _state_metadata(data: bytes) -> dict[str, str]:
     # safetensors.numpy.load drops the metadata; it is the JSON header after an 8-byte length.
     (header_len,) = struct.unpack("<Q", data[:8])
     header = json.loads(data[8 : 8 + header_len])
-    return int(header.get("__metadata__", {}).get("step", "0"))
+    return dict(header.get("__metadata__", {}))

@@ -28,11 +28,14 @@ Deltas = Mapping[str, np.ndarray]
 
 @dataclass(frozen=True)
 class StrategyState:
-    """What a strategy carries from round to round: FedAvgM's velocity, FedAdam's moments."""
+    """What the server carries from round to round: FedAvgM's velocity, FedAdam's moments, and the
+    recent updates' delta norms and example claims whose medians bound the next updates (fold.py)."""
 
     step: int = 0
     first: Mapping[str, np.ndarray] = field(default_factory=dict)
     second: Mapping[str, np.ndarray] = field(default_factory=dict)
+    norms: tuple[float, ...] = ()
+    claims: tuple[float, ...] = ()
 
 
 def module_delta(update: Mapping[str, np.ndarray], global_weights: Mapping[str, np.ndarray]) -> ModuleWeights:
@@ -61,7 +64,8 @@ def clip_delta(delta: Deltas, clip_norm: float) -> Deltas:
 
 
 def _f32(arrays: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
-    return {name: np.asarray(a, dtype=np.float32) for name, a in arrays.items()}
+    with np.errstate(over="ignore"):  # an overflow is caught by the fold (fold.is_finite), never committed
+        return {name: np.asarray(a, dtype=np.float32) for name, a in arrays.items()}
 
 
 def fedavg(

@@ -70,8 +70,10 @@ def replay(db: Any, update: Update, sha: str) -> Answer | None:
     """
     prior = db.execute(
         "SELECT task_id, round, blob, status_code, response FROM updates "
+        "WHERE client_id = ? AND idempotency_key = ? UNION ALL "
+        "SELECT task_id, round, blob, status_code, response FROM quarantine "
         "WHERE client_id = ? AND idempotency_key = ?",
-        (update.client_id, update.idempotency_key),
+        (update.client_id, update.idempotency_key) * 2,
     ).fetchone()
     if prior is None:
         return None
@@ -103,6 +105,16 @@ def check_round(db: Any, update: Update) -> None:
     ).fetchone()
     if seen is not None:
         raise ApiError("already_submitted", f"this client already sent an update for round {update.round}")
+    set_aside = db.execute(
+        "SELECT reason FROM quarantine WHERE task_id = ? AND round = ? AND client_id = ?",
+        (update.task_id, update.round, update.client_id),
+    ).fetchone()
+    if set_aside is not None:
+        raise ApiError(
+            "update_quarantined",
+            f"this client's update for round {update.round} was set aside ({set_aside[0]}); "
+            "take part again from the next round",
+        )
 
 
 def record(

@@ -56,6 +56,15 @@ LrSchedule = Annotated[
 BatchSize = Annotated[int, typer.Option(min=1, help="clients' batch size")]
 ProximalMu = Annotated[float, typer.Option(help="FedProx term; 0 is FedAvg")]
 ClipNorm = Annotated[float, typer.Option(help="clip each update's change to this L2 norm; 0 off")]
+AdaptiveClip = Annotated[
+    float,
+    typer.Option(help="clip each update's change to this multiple of the recent median change; 0 off"),
+]
+ExampleCap = Annotated[
+    float, typer.Option(help="an update weighs at most this multiple of the recent median claim; 0 off")
+]
+Aggregate = Annotated[str, typer.Option(help="mean (weighted), or the robust median or trimmed_mean")]
+Trim = Annotated[float, typer.Option(help="trimmed_mean: the share cut from each end")]
 Strategy = Annotated[str, typer.Option(help="fedavg, fedavgm or fedadam")]
 ServerLr = Annotated[float | None, typer.Option(help="server learning rate (strategy default)")]
 ServerMomentum = Annotated[float, typer.Option(help="FedAvgM's momentum")]
@@ -68,11 +77,12 @@ def _plan(
     lr_schedule: str,
     batch_size: int,
     proximal_mu: float,
-    clip_norm: float,
+    bounds: tuple[float, float, float, str, float],
     strategy: str,
     server_lr: float | None,
     server_momentum: float,
 ) -> FederationPlan:
+    clip_norm, adaptive_clip, example_cap, aggregate, trim = bounds
     return FederationPlan(
         rounds=rounds,
         local_epochs=local_epochs,
@@ -81,6 +91,10 @@ def _plan(
         batch_size=batch_size,
         proximal_mu=proximal_mu,
         clip_norm=clip_norm,
+        adaptive_clip=adaptive_clip,
+        example_cap=example_cap,
+        aggregate=aggregate,
+        trim=trim,
         strategy=strategy,
         strategy_params=StrategyParams(server_lr=server_lr, momentum=server_momentum),
     )
@@ -218,7 +232,20 @@ def serve_cmd(
     batch_size: BatchSize = 8,
     proximal_mu: ProximalMu = 0.0,
     clip_norm: ClipNorm = 0.0,
+    adaptive_clip: AdaptiveClip = 3.0,
+    example_cap: ExampleCap = 4.0,
+    aggregate: Aggregate = "mean",
+    trim: Trim = 0.1,
     max_update_bytes: Annotated[int, typer.Option(help="upload cap; 0: the module size + header")] = 0,
+    max_examples: Annotated[
+        int, typer.Option(min=1, help="the most examples one update may claim")
+    ] = 1_000_000,
+    max_abs_weight: Annotated[
+        float, typer.Option(help="refuse updates holding larger values (0: no check)")
+    ] = 65504.0,
+    max_clients: Annotated[
+        int, typer.Option(min=1, help="devices the enrollment key registers at most")
+    ] = 10_000,
     ssl_certfile: Annotated[Path | None, typer.Option(help="TLS certificate (with --ssl-keyfile)")] = None,
     ssl_keyfile: Annotated[Path | None, typer.Option(help="TLS private key")] = None,
     log_level: Annotated[str, typer.Option(help="debug, info, warning")] = "info",
@@ -227,8 +254,9 @@ def serve_cmd(
     """Serve federated rounds for every task of a bundle (HTTP/JSON, SQLite + blobs, durable)."""
     from fedyolo.fedserver.serve import serve_command
 
+    bounds = (clip_norm, adaptive_clip, example_cap, aggregate, trim)
     plan = _plan(
-        rounds, local_epochs, lr, lr_schedule, batch_size, proximal_mu, clip_norm, strategy, server_lr,
+        rounds, local_epochs, lr, lr_schedule, batch_size, proximal_mu, bounds, strategy, server_lr,
         server_momentum,
     )  # fmt: skip
     serve_command(
@@ -241,6 +269,9 @@ def serve_cmd(
         state_dir=state_dir,
         deadline_s=deadline_s,
         max_update_bytes=max_update_bytes,
+        max_examples=max_examples,
+        max_abs_weight=max_abs_weight,
+        max_clients=max_clients,
         ssl_certfile=ssl_certfile,
         ssl_keyfile=ssl_keyfile,
         log_level=log_level,
@@ -380,6 +411,10 @@ def simulate_cmd(
     lr_schedule: LrSchedule = "constant",
     proximal_mu: ProximalMu = 0.0,
     clip_norm: ClipNorm = 0.0,
+    adaptive_clip: AdaptiveClip = 3.0,
+    example_cap: ExampleCap = 4.0,
+    aggregate: Aggregate = "mean",
+    trim: Trim = 0.1,
     strategy: Strategy = "fedavg",
     server_lr: ServerLr = None,
     server_momentum: ServerMomentum = 0.9,
@@ -389,8 +424,9 @@ def simulate_cmd(
     """Many clients in one process, with the server's fold and the client's training code."""
     from fedyolo.simulate import Cohort, simulate_command
 
+    bounds = (clip_norm, adaptive_clip, example_cap, aggregate, trim)
     plan = _plan(
-        rounds, local_epochs, lr, lr_schedule, batch_size, proximal_mu, clip_norm, strategy, server_lr,
+        rounds, local_epochs, lr, lr_schedule, batch_size, proximal_mu, bounds, strategy, server_lr,
         server_momentum,
     )  # fmt: skip
     simulate_command(

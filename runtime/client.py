@@ -61,7 +61,7 @@ class RoundResult:
 
     task_id: str
     round: int
-    outcome: str  # accepted | stale (the round closed before the update arrived)
+    outcome: str  # accepted | stale (the round closed before it arrived) | set_aside (by the server's fold)
     examples: int
     metrics: dict[str, float] = field(default_factory=dict)
 
@@ -269,12 +269,14 @@ class FederationClient:
                 outcome = "accepted"
                 log.debug("round %d accepted: %s", r, answer)
             except FederationError as e:
-                if e.code not in ("stale_round", "already_submitted", "task_finished"):
+                if e.code not in ("stale_round", "already_submitted", "task_finished", "update_quarantined"):
                     if e.status and e.status < 500:
                         self.state.drop_pending(task_id)  # the server will never take this one
                     raise
-                outcome = "accepted" if e.code == "already_submitted" else "stale"
-            if outcome == "accepted":
+                outcome = {"already_submitted": "accepted", "update_quarantined": "set_aside"}.get(
+                    e.code, "stale"
+                )
+            if outcome in ("accepted", "set_aside"):
                 self.state.mark_submitted(task_id, r)
             self.state.drop_pending(task_id)
             results.append(RoundResult(task_id, r, outcome, pending.examples, pending.metrics))

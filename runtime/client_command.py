@@ -42,7 +42,7 @@ def status_command(url: str, verify: bool | str | os.PathLike[str] = True) -> No
             f"{t['round']}/{t['rounds_total']}",
             f"{t['status']} ({t['updates']}/{t['min_clients']})" if t["status"] == "open" else t["status"],
             str(t["rounds_committed"]),
-            str(t["updates_total"]),
+            str(t["updates_total"]) + (f" ({t['quarantined']} set aside)" if t.get("quarantined") else ""),
             str(t["clients"]),
             "-" if t["accuracy"] is None else f"{t['accuracy']:.3f}",
             "-" if t["loss"] is None else f"{t['loss']:.4f}",

@@ -21,6 +21,8 @@ from fedyolo.runtime.errors import FedyoloError
 LR_SCHEDULES = ("constant", "cosine")
 # The server's optimisers over the mean client delta (fedserver/strategies.py implements each).
 STRATEGY_NAMES = ("fedavg", "fedavgm", "fedadam")
+# How a round's (clipped) deltas become the one delta the strategy steps by (fedserver/fold.py).
+AGGREGATES = ("mean", "median", "trimmed_mean")
 
 
 class PlanError(FedyoloError):
@@ -122,8 +124,19 @@ class FederationPlan:
         FedProx's term, applied by the clients; 0 is FedAvg's local objective.
     clip_norm
         When > 0, each update's change to the global module is scaled down to this L2 norm.
+    adaptive_clip
+        When > 0 (the default, 3), each update's change is also scaled down to this multiple of the
+        median change of the task's recent updates (before there are any: of the global module's own
+        norm), so one client cannot move the module much further than an honest one does.
+    example_cap
+        When > 0 (the default, 4), an update weighs at most this multiple of the median example count
+        claimed by the task's recent updates: a client cannot buy influence by claiming more data.
+    aggregate, trim
+        "mean" (example-weighted, streaming: memory O(module)), or the robust "median" or
+        "trimmed_mean" (coordinate-wise over the round's clipped deltas, unweighted; `trim` is the
+        share cut from each end; memory O(clients x module)).
     strategy, strategy_params
-        The server's step over the mean client delta: fedavg, fedavgm or fedadam.
+        The server's step over the round's aggregated delta: fedavg, fedavgm or fedadam.
     """
 
     rounds: int = 20
@@ -133,11 +146,25 @@ class FederationPlan:
     batch_size: int = 8
     proximal_mu: float = 0.0
     clip_norm: float = 0.0
+    adaptive_clip: float = 3.0
+    example_cap: float = 4.0
+    aggregate: str = "mean"
+    trim: float = 0.1
     strategy: str = "fedavg"
     strategy_params: StrategyParams = field(default_factory=StrategyParams)
 
     def __post_init__(self) -> None:
         problems = []
+        if not (self.adaptive_clip >= 0 and self.example_cap >= 0):
+            problems.append("adaptive_clip and example_cap must not be negative (0 turns each off)")
+        if self.example_cap and self.example_cap < 1:
+            problems.append(
+                f"example_cap {self.example_cap} would weigh a typical client below its data; use 0 or >= 1"
+            )
+        if self.aggregate not in AGGREGATES:
+            problems.append(f"unknown aggregate {self.aggregate!r}; choose one of {', '.join(AGGREGATES)}")
+        if not 0 <= self.trim < 0.5:
+            problems.append(f"trim {self.trim} must be in [0, 0.5): the share cut from each end")
         if self.rounds < 1 or self.local_epochs < 1 or self.batch_size < 1:
             problems.append("rounds, local epochs and batch size must be at least 1")
         if not (math.isfinite(self.lr) and self.lr > 0):

@@ -133,16 +133,15 @@ def recompute_from_scratch(
     state_dir: Path, bundle_dir: Path, config: ServerConfig, task_id: str
 ) -> dict[int, Any]:
     """Every committed module version of a task, recomputed in this process from the bundle's module and
-    the stored update blobs alone (the server's aggregation code path is not used)."""
+    the stored update blobs alone, folded in acceptance order (the server's streaming, caching and
+    recovery are not used; `fold_round` itself is checked against the strategies in test_fold.py)."""
     import sqlite3
 
-    from fedyolo.fedserver.fold import WeightedSum
+    from fedyolo.fedserver.fold import fold_round
     from fedyolo.fedserver.store import DB_NAME
-    from fedyolo.fedserver.strategies import STRATEGIES, StrategyState, clip_delta, module_delta
     from fedyolo.runtime.wire import decode_module
 
     task = task_spec(bundle_dir, task_id)
-    plan = config.plan
     blobs = state_dir / "blobs"
 
     def blob(sha: str) -> bytes:
@@ -152,21 +151,18 @@ def recompute_from_scratch(
 
     db = sqlite3.connect(state_dir / DB_NAME)
     weights = decode_module((bundle_dir / "tasks" / task_id / "module.safetensors").read_bytes(), task)
-    state = StrategyState()
+    state = None
     expected = {}
     committed = db.execute(
         "SELECT round FROM rounds WHERE task_id = ? AND status = 'committed' ORDER BY round", (task_id,)
     ).fetchall()
     for (round_id,) in committed:
-        acc = WeightedSum({t.name: t.shape for t in task.trainable})
-        for sha, examples in db.execute(
+        rows = db.execute(
             "SELECT blob, examples FROM updates WHERE task_id = ? AND round = ? ORDER BY id",
             (task_id, round_id),
-        ):
-            acc.add(
-                clip_delta(module_delta(decode_module(blob(sha), task), weights), plan.clip_norm), examples
-            )
-        weights, state = STRATEGIES[plan.strategy](weights, acc.mean(), state, plan.strategy_params)
+        ).fetchall()
+        updates = [(decode_module(blob(sha), task), examples) for sha, examples in rows]
+        weights, state = fold_round(weights, updates, config.plan, state)
         expected[round_id] = weights
     db.close()
     return expected

@@ -39,7 +39,11 @@ def test_the_fold_is_bitwise_the_strategy_over_clipped_weighted_deltas(
 ) -> None:
     # Prepare: two rounds, so FedAvgM's velocity and FedAdam's moments carry over
     plan = FederationPlan(
-        strategy=strategy, clip_norm=clip_norm, strategy_params=StrategyParams(momentum=0.5)
+        strategy=strategy,
+        clip_norm=clip_norm,
+        adaptive_clip=0.0,
+        example_cap=0.0,
+        strategy_params=StrategyParams(momentum=0.5),
     )
     global_w, *updates = modules(4, seed=1)
     examples = [7, 30, 2]
@@ -59,7 +63,7 @@ def test_the_fold_is_bitwise_the_strategy_over_clipped_weighted_deltas(
 def test_clipping_bounds_each_update_whatever_its_weight() -> None:
     global_w, near, far = modules(3, seed=2)
     far = {k: v + 1e6 for k, v in far.items()}
-    plan = FederationPlan(clip_norm=1.0)
+    plan = FederationPlan(clip_norm=1.0, adaptive_clip=0.0)
     fold = RoundFold(global_w, plan)
     fold.add(near, 1)
     fold.add(far, 1)
@@ -83,3 +87,63 @@ def test_the_fold_refuses_bad_weights_other_tensors_and_empty_rounds() -> None:
 
 def test_the_plan_names_exactly_the_strategies_the_server_implements() -> None:
     assert tuple(STRATEGIES) == STRATEGY_NAMES
+
+
+def honest(global_w: dict[str, np.ndarray], seed: int, size: float = 0.1) -> dict[str, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    return {k: v + (size * rng.standard_normal(v.shape)).astype(np.float32) for k, v in global_w.items()}
+
+
+def distance(a: dict[str, np.ndarray], b: dict[str, np.ndarray]) -> float:
+    return float(np.sqrt(sum(float(((a[k].astype(np.float64) - b[k]) ** 2).sum()) for k in SHAPES)))
+
+
+def test_by_default_one_client_can_move_the_module_no_further_than_a_few_honest_ones() -> None:
+    # Prepare: a first round of honest updates gives the fold its history
+    (global_w,) = modules(1, seed=5)
+    plan = FederationPlan()  # the defaults: adaptive clipping and the example cap are on
+    w1, s1 = fold_round(global_w, [(honest(global_w, s), 100) for s in range(4)], plan)
+    # Execute: three honest clients and one that claims 10^6 examples and moves the module 10^4 further
+    attack = {k: v + 1e4 for k, v in w1.items()}
+    fold = RoundFold(w1, plan, s1)
+    for s in range(3):
+        fold.add(honest(w1, 10 + s), 100)
+    bad = fold.add(attack, 1_000_000)
+    w2, _ = fold.result()
+    # Assert: its weight is capped near the others' and its change clipped near theirs
+    honest_norms = [f.norm for f in fold.folded[:3]]
+    assert bad.weight == 4 * 100 and 0 < bad.clipped_to <= 3 * max(honest_norms)
+    assert distance(w2, w1) / distance(attack, w1) < 1e-3
+    # without the bounds the same client takes the module almost all the way
+    off = FederationPlan(adaptive_clip=0.0, example_cap=0.0)
+    w_off, _ = fold_round(w1, [*[(honest(w1, 10 + s), 100) for s in range(3)], (attack, 1_000_000)], off)
+    assert distance(w_off, w1) / distance(attack, w1) > 0.99
+
+
+def test_before_any_history_the_change_is_bounded_by_the_modules_own_norm() -> None:
+    (global_w,) = modules(1, seed=6)
+    fold = RoundFold(global_w, FederationPlan(adaptive_clip=2.0))
+    entry = fold.add({k: v + 1e3 for k, v in global_w.items()}, 10)
+    module_norm = np.sqrt(sum(float((v.astype(np.float64) ** 2).sum()) for v in global_w.values()))
+    assert entry.clipped_to == pytest.approx(2.0 * module_norm)
+
+
+def test_the_bounds_history_travels_in_the_state_so_a_second_round_continues_it() -> None:
+    (global_w,) = modules(1, seed=7)
+    plan = FederationPlan()
+    _, state = fold_round(global_w, [(honest(global_w, s), 10 + s) for s in range(5)], plan)
+    assert len(state.norms) == 5 and state.claims == (10, 11, 12, 13, 14)
+    assert RoundFold(global_w, plan, state).weight_cap() == 4 * 12
+
+
+@pytest.mark.parametrize("aggregate", ["median", "trimmed_mean"])
+def test_robust_aggregates_ignore_one_outlier(aggregate: str) -> None:
+    (global_w,) = modules(1, seed=8)
+    plan = FederationPlan(aggregate=aggregate, trim=0.2, adaptive_clip=0.0, example_cap=0.0)
+    updates = [(honest(global_w, s, size=0.01), 10) for s in range(4)]
+    outlier = ({k: v + 100.0 for k, v in global_w.items()}, 10)
+    new, _ = fold_round(global_w, [*updates, outlier], plan)
+    for k in SHAPES:
+        assert np.abs(new[k] - global_w[k]).max() < 0.1
+    mean, _ = fold_round(global_w, [*updates, outlier], FederationPlan(adaptive_clip=0.0, example_cap=0.0))
+    assert np.abs(mean["a"] - global_w["a"]).min() > 10
