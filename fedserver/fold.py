@@ -13,7 +13,8 @@ Bounded influence, on by default (the plan's `adaptive_clip` and `example_cap`):
 clipped to a multiple of the median change of the task's recent updates, and its weight to a multiple of
 their median example claim. Both medians come from the state carried from round to round and from the
 updates folded before this one, so a restarted server that re-folds in acceptance order gets the same
-bounds. While no update is known yet, the change is bounded by a multiple of the module's own norm.
+bounds. A task's first updates, before any median exists, are held until MIN_HISTORY of them are known and
+then bounded by their own medians.
 """
 
 from __future__ import annotations
@@ -86,30 +87,28 @@ class RoundFold:
         self.folded: list[Folded] = []
         self._norms = list(self.state.norms)
         self._claims = list(self.state.claims)
-        self._module_norm = delta_norm(global_weights)
         self._kept: list[dict[str, np.ndarray]] = []  # the robust aggregates need every delta
+        self._pending: list[tuple[dict[str, np.ndarray], float, float]] = []  # (delta, norm, claim)
         # One float64 buffer per tensor, reused by every update: the delta is computed, clipped and
         # weighted in place.
         self._delta = {name: np.empty(w.shape, dtype=np.float64) for name, w in global_weights.items()}
 
-    def clip_bound(self) -> float:
-        """The L2 bound on the next update's change (0: none)."""
-        bounds = [self.plan.clip_norm] if self.plan.clip_norm > 0 else []
-        if self.plan.adaptive_clip > 0:
-            if len(self._norms) >= MIN_HISTORY:
-                bounds.append(self.plan.adaptive_clip * float(np.median(self._norms[-HISTORY:])))
-            elif self._module_norm > 0:
-                bounds.append(self.plan.adaptive_clip * self._module_norm)
-        return min(bounds) if bounds else 0.0
+    def bounds(self) -> tuple[float, float]:
+        """(L2 bound on an update's change, cap on its weight) from the known updates; 0 and inf: none."""
+        clip = [self.plan.clip_norm] if self.plan.clip_norm > 0 else []
+        cap = math.inf
+        if self._norms and self.plan.adaptive_clip > 0:
+            clip.append(self.plan.adaptive_clip * float(np.median(self._norms[-HISTORY:])))
+        if self._claims and self.plan.example_cap > 0:
+            cap = self.plan.example_cap * float(np.median(self._claims[-HISTORY:]))
+        return (min(clip) if clip else 0.0), cap
 
-    def weight_cap(self) -> float:
-        """The most the next update may weigh, whatever it claims (inf: no cap yet)."""
-        if self.plan.example_cap > 0 and len(self._claims) >= MIN_HISTORY:
-            return self.plan.example_cap * float(np.median(self._claims[-HISTORY:]))
-        return math.inf
+    def add(self, update: Mapping[str, np.ndarray], examples: float) -> None:
+        """Fold in `weight * clip(update - global)`; `update` holds exactly the module's tensors.
 
-    def add(self, update: Mapping[str, np.ndarray], examples: float) -> Folded:
-        """Fold in `weight * clip(update - global)`; `update` holds exactly the module's tensors."""
+        While fewer than MIN_HISTORY updates of the task are known (its first round), updates are held
+        (at most MIN_HISTORY of them) and folded once their own medians can bound them.
+        """
         check_weight(examples)
         if set(update) != set(self._delta):
             raise ValueError("the update's tensor names differ from the global module's")
@@ -118,27 +117,42 @@ class RoundFold:
         norm = delta_norm(self._delta)
         if not math.isfinite(norm):
             raise ValueError(f"the update's change to the module is not finite (L2 norm {norm})")
-        bound = self.clip_bound()
-        clipped = bound > 0 and norm > bound
-        if clipped:
-            for buffer in self._delta.values():
-                buffer *= bound / norm
-        weight = min(float(examples), self.weight_cap())
-        if self.plan.aggregate == "mean":
-            self.acc.add(self._delta, weight)
+        if len(self._norms) >= MIN_HISTORY:
+            self._fold(self._delta, norm, float(examples), self.bounds())  # bounded by those before it
         else:
-            self._kept.append({name: d.copy() for name, d in self._delta.items()})
+            self._pending.append(({k: d.copy() for k, d in self._delta.items()}, norm, float(examples)))
         self._norms.append(norm)
         self._claims.append(float(examples))
-        entry = Folded(
-            norm=norm, clipped_to=bound if clipped else 0.0, claimed=float(examples), weight=weight
+        if self._pending and len(self._norms) >= MIN_HISTORY:
+            self._flush()
+
+    def _flush(self) -> None:
+        bounds = self.bounds()
+        for delta, norm, examples in self._pending:
+            self._fold(delta, norm, examples, bounds)
+        self._pending.clear()
+
+    def _fold(
+        self, delta: dict[str, np.ndarray], norm: float, examples: float, bounds: tuple[float, float]
+    ) -> None:
+        bound, cap = bounds
+        clipped = bound > 0 and norm > bound
+        if clipped:
+            for buffer in delta.values():
+                buffer *= bound / norm
+        weight = min(examples, cap)
+        if self.plan.aggregate == "mean":
+            self.acc.add(delta, weight)
+        else:
+            self._kept.append({name: d.copy() for name, d in delta.items()})
+        self.folded.append(
+            Folded(norm=norm, clipped_to=bound if clipped else 0.0, claimed=examples, weight=weight)
         )
-        self.folded.append(entry)
-        return entry
 
     @property
     def count(self) -> int:
-        return len(self.folded)
+        """Updates added, folded or held."""
+        return len(self.folded) + len(self._pending)
 
     @property
     def examples(self) -> float:
@@ -169,6 +183,7 @@ class RoundFold:
 
     def result(self) -> tuple[ModuleWeights, StrategyState]:
         """The next global module (float32) and state; raises when no update was folded."""
+        self._flush()
         strategy = STRATEGIES[self.plan.strategy]
         weights, state = strategy(self.global_weights, self.delta(), self.state, self.plan.strategy_params)
         return weights, replace(

@@ -108,8 +108,9 @@ def test_by_default_one_client_can_move_the_module_no_further_than_a_few_honest_
     fold = RoundFold(w1, plan, s1)
     for s in range(3):
         fold.add(honest(w1, 10 + s), 100)
-    bad = fold.add(attack, 1_000_000)
+    fold.add(attack, 1_000_000)
     w2, _ = fold.result()
+    bad = fold.folded[-1]
     # Assert: its weight is capped near the others' and its change clipped near theirs
     honest_norms = [f.norm for f in fold.folded[:3]]
     assert bad.weight == 4 * 100 and 0 < bad.clipped_to <= 3 * max(honest_norms)
@@ -120,12 +121,17 @@ def test_by_default_one_client_can_move_the_module_no_further_than_a_few_honest_
     assert distance(w_off, w1) / distance(attack, w1) > 0.99
 
 
-def test_before_any_history_the_change_is_bounded_by_the_modules_own_norm() -> None:
+def test_a_tasks_first_updates_are_held_and_bounded_by_their_own_medians() -> None:
+    # The attacker uploads first, before anything is known of the task's updates.
     (global_w,) = modules(1, seed=6)
-    fold = RoundFold(global_w, FederationPlan(adaptive_clip=2.0))
-    entry = fold.add({k: v + 1e3 for k, v in global_w.items()}, 10)
-    module_norm = np.sqrt(sum(float((v.astype(np.float64) ** 2).sum()) for v in global_w.values()))
-    assert entry.clipped_to == pytest.approx(2.0 * module_norm)
+    fold = RoundFold(global_w, FederationPlan(adaptive_clip=2.0, example_cap=4.0))
+    fold.add({k: v + 1e3 for k, v in global_w.items()}, 1_000_000)
+    assert fold.folded == [] and fold.count == 1  # held: no median yet
+    fold.add(honest(global_w, 1), 10)
+    fold.add(honest(global_w, 2), 20)
+    first = fold.folded[0]
+    assert first.weight == 4 * 20  # 4x the median claim of the three
+    assert first.clipped_to == pytest.approx(2.0 * sorted(f.norm for f in fold.folded)[1])
 
 
 def test_the_bounds_history_travels_in_the_state_so_a_second_round_continues_it() -> None:
@@ -133,7 +139,7 @@ def test_the_bounds_history_travels_in_the_state_so_a_second_round_continues_it(
     plan = FederationPlan()
     _, state = fold_round(global_w, [(honest(global_w, s), 10 + s) for s in range(5)], plan)
     assert len(state.norms) == 5 and state.claims == (10, 11, 12, 13, 14)
-    assert RoundFold(global_w, plan, state).weight_cap() == 4 * 12
+    assert RoundFold(global_w, plan, state).bounds()[1] == 4 * 12
 
 
 @pytest.mark.parametrize("aggregate", ["median", "trimmed_mean"])
