@@ -139,7 +139,7 @@ def train_cmd(
     save: Annotated[Path | None, typer.Option(help="write the trained module (safetensors) here")] = None,
 ) -> None:
     """Train a task's module locally on this CPU (ONNX Runtime, torch-free) and report held-out accuracy."""
-    from fedyolo.runtime.train_command import train_command
+    from fedyolo.cli.train import train_command
 
     train_command(bundle, task, data, test_data, epochs, lr, batch_size, seed, save)
 
@@ -236,13 +236,7 @@ def client_cmd(
     insecure: Annotated[bool, typer.Option(help="do not verify the server's TLS certificate")] = False,
 ) -> None:
     """Join a federation: register once, fetch the bundle once, then train and upload round after round."""
-    from fedyolo.runtime.bundle import Bundle
-    from fedyolo.runtime.client_command import client_command
-    from fedyolo.runtime.ort_trainer import OrtTrainer
-    from fedyolo.runtime.train_command import load_arrays
-
-    def trainer_factory(bundle: Bundle, task_id: str) -> OrtTrainer:
-        return OrtTrainer(bundle, task_id, threads=threads)
+    from fedyolo.cli.client import client_command
 
     client_command(
         url,
@@ -250,8 +244,7 @@ def client_cmd(
         data,
         enroll_key=enroll_key,
         state_dir=state_dir,
-        trainer_factory=trainer_factory,
-        data_loader=load_arrays,
+        threads=threads,
         rounds=rounds,
         cache_dir=cache_dir,
         name=name,
@@ -266,7 +259,7 @@ def status_cmd(
     insecure: Annotated[bool, typer.Option(help="do not verify the server's TLS certificate")] = False,
 ) -> None:
     """A server's tasks: round, clients, accuracy and bytes received."""
-    from fedyolo.runtime.client_command import status_command
+    from fedyolo.cli.client import status_command
 
     status_command(url, verify=_verify(ca_cert, insecure))
 
@@ -391,7 +384,3 @@ def main() -> None:
         message = " ".join(str(e).split())
         console.print(f"[bold red]error:[/] {escape(message)}", highlight=False, soft_wrap=True)
         sys.exit(e.exit_code)
-
-
-if __name__ == "__main__":
-    main()

@@ -1,0 +1,5 @@
+"""`python -m fedyolo.cli`: the same as the `fedyolo` command (tests and the demo start it this way)."""
+
+from fedyolo.cli import main
+
+main()
