@@ -24,9 +24,10 @@ lint: setup
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
+	$(BIN)/lint-imports
 
 bench: setup
 	$(BIN)/python benchmarks/step.py
 
 clean:
-	rm -rf $(VENV) demo_out .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) demo_out .pytest_cache .mypy_cache .ruff_cache .import_linter_cache
