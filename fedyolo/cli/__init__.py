@@ -16,6 +16,7 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 
+from fedyolo.cli.extras import missing_extra, needs
 from fedyolo.runtime.errors import FedyoloError
 
 app = typer.Typer(
@@ -77,6 +78,7 @@ def data_cmd(
 
 
 @export_app.command("onnx")
+@needs("export", "export")
 def export_onnx_cmd(
     out: Annotated[Path, typer.Option(help="bundle folder: created, or extended with one more task")],
     task: Annotated[str, typer.Option(help="task id: a built-in task, or any name with --data")] = "topics",
@@ -108,6 +110,7 @@ def export_onnx_cmd(
 
 
 @export_app.command("peft")
+@needs("export", "export")
 def export_peft_cmd(
     bundle: Annotated[Path, typer.Argument(help="bundle folder")],
     task: Annotated[str, typer.Option(help="task id in the bundle")],
@@ -152,6 +155,7 @@ def _verify(ca_cert: Path | None, insecure: bool) -> bool | Path:
 
 
 @app.command("serve")
+@needs("the server", "server")
 def serve_cmd(
     bundle: Annotated[Path, typer.Argument(help="bundle folder: every task in it gets rounds")],
     host: Annotated[
@@ -269,6 +273,7 @@ def _task_list(tasks: str) -> tuple[str, ...]:
 
 
 @app.command("demo")
+@needs("the demo", "export", "server", "data")
 def demo_cmd(
     clients: Annotated[int, typer.Option(min=1, help="client processes per task")] = 4,
     alpha: Annotated[float, typer.Option(help="Dirichlet concentration: 0.1 skewed, 10 near IID")] = 1.0,
@@ -321,6 +326,7 @@ def demo_cmd(
 
 
 @app.command("simulate")
+@needs("simulate", "export", "data")
 def simulate_cmd(
     clients: Annotated[int, typer.Option(min=1, help="simulated clients")] = 100,
     fraction: Annotated[float, typer.Option(help="share of the clients sampled each round")] = 0.1,
@@ -378,7 +384,14 @@ def main() -> None:
     """Entry point: run the app, turning known errors into one line and a non-zero exit."""
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     try:
-        app()
+        try:
+            app()
+        except ModuleNotFoundError as e:
+            # An optional part that a command imports late: name the extra that installs it.
+            known = missing_extra(e)
+            if known is None:
+                raise
+            raise known from e
     except FedyoloError as e:
         # One line, whatever the terminal width or the message: scripts and logs grep for it.
         message = " ".join(str(e).split())
