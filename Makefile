@@ -7,11 +7,12 @@ BIN     = $(VENV)/bin
 
 setup: $(VENV)/.installed
 
-# torch is pinned to 2.13.0 (the CPU build); an unpinned torch would pull a multi-GB CUDA build.
-$(VENV)/.installed: pyproject.toml
+# Every extra, at the exact versions CI tests (constraints.txt; pyproject.toml holds the ranges). torch
+# is pinned to 2.13.0 (the CPU build); an unpinned torch would pull a multi-GB CUDA build.
+$(VENV)/.installed: pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
-	$(BIN)/pip install -q -e '.[export,dev]'
+	$(BIN)/pip install -q -c constraints.txt -e '.[export,server,data,dev]'
 	touch $@
 
 demo: setup
@@ -24,9 +25,10 @@ lint: setup
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
+	$(BIN)/lint-imports
 
 bench: setup
 	$(BIN)/python benchmarks/step.py
 
 clean:
-	rm -rf $(VENV) demo_out .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) demo_out .pytest_cache .mypy_cache .ruff_cache .import_linter_cache

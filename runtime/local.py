@@ -9,11 +9,20 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 
 from fedyolo.runtime.bundle import Bundle
-from fedyolo.runtime.data import Example, TextEncoder, check_labels, iter_batches, label_ids
+from fedyolo.runtime.data import (
+    Example,
+    TextEncoder,
+    check_labels,
+    iter_batches,
+    label_ids,
+    read_examples,
+    read_image_arrays,
+)
 from fedyolo.runtime.errors import DataError
 from fedyolo.runtime.fedprox import ProximalTrainer, proximal_step
 from fedyolo.runtime.manifest import TaskSpec
@@ -48,6 +57,26 @@ def encode_examples(
     arrays = TextEncoder(bundle.tokenizer_path).encode([e.text for e in examples], task.input.max_length)
     arrays["labels"] = label_ids(examples, task.labels)
     return arrays
+
+
+def load_arrays(bundle: Bundle, task_id: str, path: Path) -> Arrays:
+    """A data file as the task's graph inputs: JSONL/CSV for text tasks, .npz for image tasks."""
+    task = bundle.task(task_id)
+    if task.input.kind == "image":
+        if path.suffix.lower() != ".npz":
+            raise DataError(
+                f"{path}: task {task_id!r} takes images, not {path.suffix or 'this file'}; give a .npz "
+                "saved with np.savez(path, pixel_values=<float32 [N,C,H,W]>, labels=<[N] ints or strings>)"
+            )
+        pixels, labels = read_image_arrays(path)
+        check_labels(labels, task.labels, str(path))
+        want = (len(pixels), *task.input.image_shape)
+        if pixels.shape != want:
+            raise DataError(
+                f"{path}: pixel_values has shape {pixels.shape}, the task takes [N, {task.input.image_shape}]"
+            )
+        return {"pixel_values": pixels, "labels": label_ids(labels, task.labels)}
+    return encode_examples(bundle, task, read_examples(path), str(path))
 
 
 def local_steps(

@@ -18,9 +18,8 @@ from pathlib import Path
 from fedyolo.demo.plan import client_data_path, initial_module, test_data_path
 from fedyolo.demo.worker import Events, WorkerPlan
 from fedyolo.runtime.bundle import open_bundle
-from fedyolo.runtime.local import Arrays, evaluate_arrays, train_epochs
+from fedyolo.runtime.local import Arrays, evaluate_arrays, load_arrays, train_epochs
 from fedyolo.runtime.ort_trainer import OrtTrainer, SharedBackbone
-from fedyolo.runtime.train_command import load_arrays
 from fedyolo.runtime.trainer import EvalResult, Trainer
 from fedyolo.runtime.wire import ModuleWeights
 

@@ -22,10 +22,9 @@ from fedyolo.demo.worker import Events, WorkerPlan
 from fedyolo.runtime.bundle import open_bundle
 from fedyolo.runtime.client import FederationClient
 from fedyolo.runtime.http_transport import Connection, RetryPolicy
-from fedyolo.runtime.local import Arrays, evaluate_arrays
+from fedyolo.runtime.local import Arrays, evaluate_arrays, load_arrays
 from fedyolo.runtime.manifest import sha256_file
 from fedyolo.runtime.ort_trainer import OrtTrainer, SharedBackbone
-from fedyolo.runtime.train_command import load_arrays
 from fedyolo.runtime.wire import ModuleWeights, encode_module
 
 POLL_S = 0.25

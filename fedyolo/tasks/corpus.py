@@ -26,7 +26,7 @@ import yaml
 from fedyolo.runtime.errors import DataError
 
 CORPUS_PACKAGE = "chatterbot_corpus"
-_INSTALL_HINT = "install it with `pip install chatterbot-corpus==1.3.3`"
+_INSTALL_HINT = "it comes with the 'data' extra: pip install 'fedyolo[data]'"
 
 # The C loader is ~10× faster; the pure-Python one reads the same strings.
 _Loader: Any = getattr(yaml, "CBaseLoader", yaml.BaseLoader)

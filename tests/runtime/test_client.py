@@ -12,12 +12,12 @@ from typing import Any
 import numpy as np
 import pytest
 
+from fedyolo.cli.client import status_command
 from fedyolo.fedserver.config import ServerConfig
 from fedyolo.fedserver.serve import serve_in_thread
 from fedyolo.runtime import client as client_module
 from fedyolo.runtime.bundle import Bundle
 from fedyolo.runtime.client import FederationClient, PendingUpdate, Progress
-from fedyolo.runtime.client_command import status_command
 from fedyolo.runtime.errors import FedyoloError
 from fedyolo.runtime.trainer import Batch
 from fedyolo.runtime.wire import ModuleWeights

@@ -3,14 +3,14 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
 from pathlib import Path
 
 from fedyolo.runtime.bundle import Bundle
-from fedyolo.runtime.client import FederationClient, Progress, RoundResult, TrainerFactory
+from fedyolo.runtime.client import FederationClient, Progress, RoundResult
 from fedyolo.runtime.errors import FedyoloError
 from fedyolo.runtime.http_transport import Connection, RetryPolicy
-from fedyolo.runtime.trainer import Batch
+from fedyolo.runtime.local import load_arrays
+from fedyolo.runtime.ort_trainer import OrtTrainer
 
 
 def status_command(url: str, verify: bool | str | os.PathLike[str] = True) -> None:
@@ -57,8 +57,7 @@ def client_command(
     data_path: str | os.PathLike[str],
     enroll_key: str | None = None,
     state_dir: str | os.PathLike[str] | None = None,
-    trainer_factory: TrainerFactory | None = None,
-    data_loader: Callable[[Bundle, str, Path], Batch] | None = None,
+    threads: int = 0,
     rounds: int | None = None,
     cache_dir: str | os.PathLike[str] | None = None,
     name: str = "default",
@@ -66,13 +65,13 @@ def client_command(
 ) -> list[RoundResult]:
     """`fedyolo client URL --task T --data FILE`: register once, fetch the bundle once, train rounds.
 
-    `trainer_factory(bundle, task)` builds the runtime trainer; `data_loader(bundle, task, path)` reads
-    the local examples into arrays. The CLI supplies both.
+    threads: ONNX Runtime threads of the task's trainer; 0, one per core.
     """
     from rich.console import Console
 
-    if trainer_factory is None or data_loader is None:
-        raise FedyoloError("client_command needs a trainer factory and a data loader (the CLI passes them)")
+    def trainer_factory(bundle: Bundle, task_id: str) -> OrtTrainer:
+        return OrtTrainer(bundle, task_id, threads=threads)
+
     console = Console(stderr=True)
     shown: dict[str, float] = {}
 
@@ -94,7 +93,7 @@ def client_command(
                 f"registered as client {client.register(enroll_key)}; token kept in {client.state.root}"
             )
         bundle = client.sync_bundle(cache_dir, tasks=[task])
-        data = data_loader(bundle, task, Path(data_path))
+        data = load_arrays(bundle, task, Path(data_path))
         results = client.run(task, trainer_factory, data, rounds=rounds, bundle=bundle)
     accepted = [r for r in results if r.outcome == "accepted"]
     console.log(f"{len(accepted)} updates accepted for task {task!r}")

@@ -16,6 +16,7 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 
+from fedyolo.cli.extras import missing_extra, needs
 from fedyolo.runtime.errors import FedyoloError
 from fedyolo.runtime.plan import FederationPlan, StrategyParams
 
@@ -132,6 +133,7 @@ def data_cmd(
 
 
 @export_app.command("onnx")
+@needs("export", "export")
 def export_onnx_cmd(
     out: Annotated[Path, typer.Option(help="bundle folder: created, or extended with one more task")],
     task: Annotated[str, typer.Option(help="task id: a built-in task, or any name with --data")] = "topics",
@@ -163,6 +165,7 @@ def export_onnx_cmd(
 
 
 @export_app.command("peft")
+@needs("export", "export")
 def export_peft_cmd(
     bundle: Annotated[Path, typer.Argument(help="bundle folder")],
     task: Annotated[str, typer.Option(help="task id in the bundle")],
@@ -194,7 +197,7 @@ def train_cmd(
     save: Annotated[Path | None, typer.Option(help="write the trained module (safetensors) here")] = None,
 ) -> None:
     """Train a task's module locally on this CPU (ONNX Runtime, torch-free) and report held-out accuracy."""
-    from fedyolo.runtime.train_command import train_command
+    from fedyolo.cli.train import train_command
 
     train_command(bundle, task, data, test_data, epochs, lr, batch_size, seed, save)
 
@@ -207,6 +210,7 @@ def _verify(ca_cert: Path | None, insecure: bool) -> bool | Path:
 
 
 @app.command("serve")
+@needs("the server", "server")
 def serve_cmd(
     bundle: Annotated[Path, typer.Argument(help="bundle folder: every task in it gets rounds")],
     host: Annotated[
@@ -301,13 +305,7 @@ def client_cmd(
     insecure: Annotated[bool, typer.Option(help="do not verify the server's TLS certificate")] = False,
 ) -> None:
     """Join a federation: register once, fetch the bundle once, then train and upload round after round."""
-    from fedyolo.runtime.bundle import Bundle
-    from fedyolo.runtime.client_command import client_command
-    from fedyolo.runtime.ort_trainer import OrtTrainer
-    from fedyolo.runtime.train_command import load_arrays
-
-    def trainer_factory(bundle: Bundle, task_id: str) -> OrtTrainer:
-        return OrtTrainer(bundle, task_id, threads=threads)
+    from fedyolo.cli.client import client_command
 
     client_command(
         url,
@@ -315,8 +313,7 @@ def client_cmd(
         data,
         enroll_key=enroll_key,
         state_dir=state_dir,
-        trainer_factory=trainer_factory,
-        data_loader=load_arrays,
+        threads=threads,
         rounds=rounds,
         cache_dir=cache_dir,
         name=name,
@@ -331,7 +328,7 @@ def status_cmd(
     insecure: Annotated[bool, typer.Option(help="do not verify the server's TLS certificate")] = False,
 ) -> None:
     """A server's tasks: round, clients, accuracy and bytes received."""
-    from fedyolo.runtime.client_command import status_command
+    from fedyolo.cli.client import status_command
 
     status_command(url, verify=_verify(ca_cert, insecure))
 
@@ -341,6 +338,7 @@ def _task_list(tasks: str) -> tuple[str, ...]:
 
 
 @app.command("demo")
+@needs("the demo", "export", "server", "data")
 def demo_cmd(
     clients: Annotated[int, typer.Option(min=1, help="client processes per task")] = 4,
     alpha: Annotated[float, typer.Option(help="Dirichlet concentration: 0.1 skewed, 10 near IID")] = 1.0,
@@ -393,6 +391,7 @@ def demo_cmd(
 
 
 @app.command("simulate")
+@needs("simulate", "export", "data")
 def simulate_cmd(
     clients: Annotated[int, typer.Option(min=1, help="simulated clients")] = 100,
     fraction: Annotated[float, typer.Option(help="share of the clients sampled each round")] = 0.1,
@@ -448,13 +447,16 @@ def main() -> None:
     """Entry point: run the app, turning known errors into one line and a non-zero exit."""
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     try:
-        app()
+        try:
+            app()
+        except ModuleNotFoundError as e:
+            # An optional part that a command imports late: name the extra that installs it.
+            known = missing_extra(e)
+            if known is None:
+                raise
+            raise known from e
     except FedyoloError as e:
         # One line, whatever the terminal width or the message: scripts and logs grep for it.
         message = " ".join(str(e).split())
         console.print(f"[bold red]error:[/] {escape(message)}", highlight=False, soft_wrap=True)
         sys.exit(e.exit_code)
-
-
-if __name__ == "__main__":
-    main()

@@ -13,30 +13,9 @@ from rich.table import Table
 from safetensors.numpy import save_file
 
 from fedyolo.runtime.bundle import Bundle, open_bundle
-from fedyolo.runtime.data import check_labels, label_ids, read_examples, read_image_arrays
 from fedyolo.runtime.errors import DataError, FedyoloError
-from fedyolo.runtime.local import Arrays, EpochLog, encode_examples, fit
+from fedyolo.runtime.local import Arrays, EpochLog, encode_examples, fit, load_arrays
 from fedyolo.runtime.ort_trainer import OrtTrainer
-
-
-def load_arrays(bundle: Bundle, task_id: str, path: Path) -> Arrays:
-    """A data file as the task's graph inputs: JSONL/CSV for text tasks, .npz for image tasks."""
-    task = bundle.task(task_id)
-    if task.input.kind == "image":
-        if path.suffix.lower() != ".npz":
-            raise DataError(
-                f"{path}: task {task_id!r} takes images, not {path.suffix or 'this file'}; give a .npz "
-                "saved with np.savez(path, pixel_values=<float32 [N,C,H,W]>, labels=<[N] ints or strings>)"
-            )
-        pixels, labels = read_image_arrays(path)
-        check_labels(labels, task.labels, str(path))
-        want = (len(pixels), *task.input.image_shape)
-        if pixels.shape != want:
-            raise DataError(
-                f"{path}: pixel_values has shape {pixels.shape}, the task takes [N, {task.input.image_shape}]"
-            )
-        return {"pixel_values": pixels, "labels": label_ids(labels, task.labels)}
-    return encode_examples(bundle, task, read_examples(path), str(path))
 
 
 def builtin_split(bundle: Bundle, task_id: str, split: str) -> Arrays | None:
