@@ -20,7 +20,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-ModuleWeights = dict[str, np.ndarray]
+from fedyolo.runtime.wire import ModuleWeights
+
 Deltas = Mapping[str, np.ndarray]
 
 
