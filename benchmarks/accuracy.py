@@ -41,8 +41,9 @@ from fedyolo.demo.forgetting import TaskSplit, joint_labels, run_forgetting
 from fedyolo.demo.plan import initial_module, stratified_sample
 from fedyolo.fedserver.strategies import StrategyParams, round_lr
 from fedyolo.runtime.bundle import Bundle, open_bundle
-from fedyolo.runtime.local import Arrays, encode_examples, evaluate_arrays, train_epochs
+from fedyolo.runtime.local import encode_examples, evaluate_arrays, train_epochs
 from fedyolo.runtime.ort_trainer import OrtTrainer, SharedBackbone
+from fedyolo.runtime.trainer import ExampleArrays
 from fedyolo.simulate import FederationSettings, run_federation
 from fedyolo.tasks import dirichlet_partition, load_task
 
@@ -99,8 +100,8 @@ def summary(values: list[float]) -> dict[str, Any]:
 def train_plain(
     trainer: OrtTrainer,
     initial: dict[str, np.ndarray],
-    data: Arrays,
-    test: Arrays,
+    data: ExampleArrays,
+    test: ExampleArrays,
     epochs: int,
     recipe: Recipe,
     batch_size: int,

@@ -234,8 +234,17 @@ def client_cmd(
     threads: Annotated[int, typer.Option(min=0, help="ONNX Runtime threads; 0: one per core")] = 0,
     ca_cert: Annotated[Path | None, typer.Option(help="CA or self-signed certificate of the server")] = None,
     insecure: Annotated[bool, typer.Option(help="do not verify the server's TLS certificate")] = False,
+    events: Annotated[
+        Path | None,
+        typer.Option(help="append progress here as JSON lines (stage, task, round, done, total, time, ...)"),
+    ] = None,
 ) -> None:
-    """Join a federation: register once, fetch the bundle once, then train and upload round after round."""
+    """Join a federation: register once, fetch the bundle once, then train and upload round after round.
+
+    With --events FILE, every stage (register, download, train, upload, round, wait, done, failed) is
+    also appended to FILE as one JSON object a line, for a supervisor: the schema is in
+    `fedyolo.runtime.events`.
+    """
     from fedyolo.runtime.bundle import Bundle
     from fedyolo.runtime.client_command import client_command
     from fedyolo.runtime.ort_trainer import OrtTrainer
@@ -256,6 +265,7 @@ def client_cmd(
         cache_dir=cache_dir,
         name=name,
         verify=_verify(ca_cert, insecure),
+        events=events,
     )
 
 

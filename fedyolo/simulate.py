@@ -31,9 +31,9 @@ from fedyolo.fedserver.strategies import (
 )
 from fedyolo.runtime.client import train_round
 from fedyolo.runtime.errors import FedyoloError
-from fedyolo.runtime.local import Arrays, evaluate_arrays
+from fedyolo.runtime.local import evaluate_arrays
 from fedyolo.runtime.manifest import TaskSpec
-from fedyolo.runtime.trainer import Trainer
+from fedyolo.runtime.trainer import ExampleArrays, Trainer
 from fedyolo.runtime.wire import ModuleWeights, decode_module, encode_module
 
 
@@ -108,9 +108,9 @@ def wire(weights: ModuleWeights, task: TaskSpec) -> tuple[ModuleWeights, int]:
 def run_federation(
     trainer: Trainer,
     initial: ModuleWeights,
-    clients: Sequence[Arrays],
+    clients: Sequence[ExampleArrays],
     settings: FederationSettings,
-    test: Arrays | None = None,
+    test: ExampleArrays | None = None,
     on_round: Callable[[RoundRecord], None] | None = None,
     on_update: Callable[[int, int, ModuleWeights, int], None] | None = None,
     on_step: Callable[[int, int, float], None] | None = None,

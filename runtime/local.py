@@ -18,10 +18,9 @@ from fedyolo.runtime.data import Example, TextEncoder, check_labels, iter_batche
 from fedyolo.runtime.errors import DataError
 from fedyolo.runtime.fedprox import ProximalTrainer, proximal_step
 from fedyolo.runtime.manifest import TaskSpec
-from fedyolo.runtime.trainer import EvalResult, Trainer
+from fedyolo.runtime.trainer import EvalResult, ExampleArrays, Trainer
 from fedyolo.runtime.wire import ModuleWeights
 
-Arrays = dict[str, np.ndarray]
 StepCallback = Callable[[int, float], None]  # (step index in the epoch, loss)
 
 
@@ -38,7 +37,7 @@ class EpochLog:
 
 def encode_examples(
     bundle: Bundle, task: TaskSpec, examples: Sequence[Example], source: str = "the data"
-) -> Arrays:
+) -> ExampleArrays:
     """Token ids, mask and label ids for text examples, checked against the task's labels."""
     if not examples:
         raise DataError(f"{source} holds no examples; give a file with at least one {{text, label}} row")
@@ -52,7 +51,7 @@ def encode_examples(
 
 def local_steps(
     trainer: Trainer,
-    train: Arrays,
+    train: ExampleArrays,
     epochs: int,
     batch_size: int,
     shuffle: int | np.random.Generator = 0,
@@ -76,7 +75,7 @@ def local_steps(
 
 def train_epochs(
     trainer: Trainer,
-    train: Arrays,
+    train: ExampleArrays,
     epochs: int,
     batch_size: int,
     seed: int = 0,
@@ -102,10 +101,10 @@ def train_epochs(
 def train_round(
     trainer: Trainer,
     global_weights: ModuleWeights,
-    data: Arrays,
+    data: ExampleArrays,
     round_info: dict[str, Any],
     rng: np.random.Generator,
-    eval_data: Arrays | None = None,
+    eval_data: ExampleArrays | None = None,
     on_step: Callable[[int, int, float], None] | None = None,
 ) -> tuple[int, dict[str, float]]:
     """Evaluate the global module on local data, then train it `local_epochs`; returns (examples, metrics).
@@ -145,15 +144,15 @@ def linear_decay(lr: float, total_steps: int, offset: int = 0) -> Callable[[int]
     return lambda step: lr * max(0.0, 1.0 - (step + offset) / max(total_steps, 1))
 
 
-def evaluate_arrays(trainer: Trainer, arrays: Arrays, batch_size: int = 64) -> EvalResult:
+def evaluate_arrays(trainer: Trainer, arrays: ExampleArrays, batch_size: int = 64) -> EvalResult:
     """Held-out loss and accuracy over every example of `arrays`."""
     return trainer.evaluate(iter_batches(arrays, batch_size, shuffle=False))
 
 
 def fit(
     trainer: Trainer,
-    train: Arrays,
-    test: Arrays | None,
+    train: ExampleArrays,
+    test: ExampleArrays | None,
     epochs: int,
     batch_size: int,
     seed: int = 0,

@@ -15,11 +15,12 @@ from safetensors.numpy import save_file
 from fedyolo.runtime.bundle import Bundle, open_bundle
 from fedyolo.runtime.data import check_labels, label_ids, read_examples, read_image_arrays
 from fedyolo.runtime.errors import DataError, FedyoloError
-from fedyolo.runtime.local import Arrays, EpochLog, encode_examples, fit
+from fedyolo.runtime.local import EpochLog, encode_examples, fit
 from fedyolo.runtime.ort_trainer import OrtTrainer
+from fedyolo.runtime.trainer import ExampleArrays
 
 
-def load_arrays(bundle: Bundle, task_id: str, path: Path) -> Arrays:
+def load_arrays(bundle: Bundle, task_id: str, path: Path) -> ExampleArrays:
     """A data file as the task's graph inputs: JSONL/CSV for text tasks, .npz for image tasks."""
     task = bundle.task(task_id)
     if task.input.kind == "image":
@@ -39,7 +40,7 @@ def load_arrays(bundle: Bundle, task_id: str, path: Path) -> Arrays:
     return encode_examples(bundle, task, read_examples(path), str(path))
 
 
-def builtin_split(bundle: Bundle, task_id: str, split: str) -> Arrays | None:
+def builtin_split(bundle: Bundle, task_id: str, split: str) -> ExampleArrays | None:
     """The built-in task's split when the task id names one (topics, language)."""
     from fedyolo.tasks import BUILTIN_TASKS, load_task
 

@@ -19,8 +19,9 @@ from fedyolo.fedserver.strategies import (
 )
 from fedyolo.runtime.bundle import Bundle, open_bundle
 from fedyolo.runtime.client import train_round
-from fedyolo.runtime.local import Arrays, encode_examples
+from fedyolo.runtime.local import encode_examples
 from fedyolo.runtime.ort_trainer import OrtTrainer
+from fedyolo.runtime.trainer import ExampleArrays
 from fedyolo.runtime.wire import encode_module
 from fedyolo.simulate import FederationSettings, run_federation, sample_clients
 from fedyolo.tasks import load_task
@@ -36,7 +37,7 @@ def bundle(tmp_path_factory: pytest.TempPathFactory) -> Bundle:
     return open_bundle(out)
 
 
-def shares(bundle: Bundle, sizes: list[int]) -> list[Arrays]:
+def shares(bundle: Bundle, sizes: list[int]) -> list[ExampleArrays]:
     train = load_task("topics").train
     out, start = [], 0
     for n in sizes:

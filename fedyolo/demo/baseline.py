@@ -18,10 +18,10 @@ from pathlib import Path
 from fedyolo.demo.plan import client_data_path, initial_module, test_data_path
 from fedyolo.demo.worker import Events, WorkerPlan
 from fedyolo.runtime.bundle import open_bundle
-from fedyolo.runtime.local import Arrays, evaluate_arrays, train_epochs
+from fedyolo.runtime.local import evaluate_arrays, train_epochs
 from fedyolo.runtime.ort_trainer import OrtTrainer, SharedBackbone
 from fedyolo.runtime.train_command import load_arrays
-from fedyolo.runtime.trainer import EvalResult, Trainer
+from fedyolo.runtime.trainer import EvalResult, ExampleArrays, Trainer
 from fedyolo.runtime.wire import ModuleWeights
 
 
@@ -47,7 +47,7 @@ class LocalRun:
         trainer: Trainer,
         client: int,
         initial: ModuleWeights,
-        data: Arrays,
+        data: ExampleArrays,
         epochs: int,
         lr: float,
         batch_size: int,
@@ -72,7 +72,7 @@ class LocalRun:
         self.epochs_done += 1
         return loss
 
-    def result(self, test: Arrays) -> LocalResult:
+    def result(self, test: ExampleArrays) -> LocalResult:
         held_out: EvalResult = evaluate_arrays(self.trainer, test)
         return LocalResult(
             self.client, len(self.data["labels"]), self.epochs_done, held_out.accuracy, held_out.loss
@@ -83,8 +83,8 @@ def train_alone(
     trainer: Trainer,
     client: int,
     initial: ModuleWeights,
-    data: Arrays,
-    test: Arrays,
+    data: ExampleArrays,
+    test: ExampleArrays,
     epochs: int,
     lr: float,
     batch_size: int,
@@ -110,7 +110,7 @@ def worker_main(plan: WorkerPlan, worker: int, workers: int) -> None:
         backbone = SharedBackbone(bundle)
         data_dir = Path(plan.data_dir)
         trainers: dict[str, OrtTrainer] = {}
-        tests: dict[str, Arrays] = {}
+        tests: dict[str, ExampleArrays] = {}
         mine = plan.baseline_runs()[worker::workers]
         events.emit("ready", runs=len(mine))
         for task, client in mine:

@@ -17,8 +17,9 @@ import numpy as np
 from fedyolo.demo.plan import initial_module
 from fedyolo.runtime.bundle import Bundle
 from fedyolo.runtime.data import Example, iter_batches
-from fedyolo.runtime.local import Arrays, encode_examples, evaluate_arrays, train_epochs
+from fedyolo.runtime.local import encode_examples, evaluate_arrays, train_epochs
 from fedyolo.runtime.ort_trainer import OrtTrainer, SharedBackbone
+from fedyolo.runtime.trainer import ExampleArrays
 from fedyolo.runtime.wire import encode_module
 
 SEP = ":"
@@ -34,7 +35,7 @@ def relabel(examples: Sequence[Example], task_id: str) -> list[Example]:
 
 
 def accuracy_within(
-    trainer: OrtTrainer, arrays: Arrays, columns: Sequence[int], batch_size: int = 64
+    trainer: OrtTrainer, arrays: ExampleArrays, columns: Sequence[int], batch_size: int = 64
 ) -> float:
     """Accuracy when the answer is the best of `columns` only (the labels of one task)."""
     cols = np.asarray(columns)
@@ -96,7 +97,7 @@ def run_forgetting(
         trainer.set_module(initial_module(bundle, task_id))
         return trainer
 
-    def arrays(task_id: str, examples: Sequence[Example]) -> Arrays:
+    def arrays(task_id: str, examples: Sequence[Example]) -> ExampleArrays:
         return encode_examples(bundle, bundle.task(task_id), list(examples), task_id)
 
     # One module per task, both resident over the same backbone.

@@ -22,10 +22,11 @@ from fedyolo.demo.worker import Events, WorkerPlan
 from fedyolo.runtime.bundle import open_bundle
 from fedyolo.runtime.client import FederationClient
 from fedyolo.runtime.http_transport import Connection, RetryPolicy
-from fedyolo.runtime.local import Arrays, evaluate_arrays
+from fedyolo.runtime.local import evaluate_arrays
 from fedyolo.runtime.manifest import sha256_file
 from fedyolo.runtime.ort_trainer import OrtTrainer, SharedBackbone
 from fedyolo.runtime.train_command import load_arrays
+from fedyolo.runtime.trainer import ExampleArrays
 from fedyolo.runtime.wire import ModuleWeights, encode_module
 
 POLL_S = 0.25
@@ -42,7 +43,7 @@ class Observer:
         self.plan, self.events = plan, events
         self.bundle = open_bundle(plan.bundle, tasks=plan.tasks)
         self.backbone = SharedBackbone(self.bundle)  # loaded once for every task
-        self.test: dict[str, Arrays] = {}
+        self.test: dict[str, ExampleArrays] = {}
         self.trainers: dict[str, OrtTrainer] = {}
         for task in plan.tasks:
             self.test[task] = load_arrays(self.bundle, task, test_data_path(Path(plan.data_dir), task))

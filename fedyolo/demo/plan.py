@@ -22,8 +22,9 @@ import numpy as np
 from fedyolo.runtime.bundle import Bundle, open_bundle
 from fedyolo.runtime.data import Example
 from fedyolo.runtime.errors import FedyoloError
-from fedyolo.runtime.local import Arrays, encode_examples
+from fedyolo.runtime.local import encode_examples
 from fedyolo.runtime.manifest import MANIFEST_NAME, MODULE_WEIGHTS, check_task_id
+from fedyolo.runtime.trainer import ExampleArrays
 from fedyolo.runtime.wire import ModuleWeights, decode_module
 from fedyolo.tasks import dirichlet_partition, write_examples
 from fedyolo.tasks.command import resolve_task
@@ -166,7 +167,7 @@ def ensure_bundle(
     return open_bundle(out), True
 
 
-def encode_plan(bundle: Bundle, plan: TaskPlan) -> tuple[list[Arrays], Arrays]:
+def encode_plan(bundle: Bundle, plan: TaskPlan) -> tuple[list[ExampleArrays], ExampleArrays]:
     """Each client's share and the test split as the task's graph inputs."""
     task = bundle.task(plan.task_id)
     shares = [

@@ -11,7 +11,8 @@ import pytest
 
 from fedyolo.fedserver.config import ServerConfig
 from fedyolo.fedserver.serve import serve_in_thread
-from fedyolo.runtime.client import FederationClient, PendingUpdate, Progress
+from fedyolo.runtime.client import FederationClient, PendingUpdate
+from fedyolo.runtime.events import ClientEvent
 from fedyolo.runtime.http_transport import Connection, FederationError, RetryPolicy
 
 from .conftest import FAST, KEY
@@ -90,10 +91,10 @@ def test_bundle_sync_resumes_a_partial_download_and_fetches_each_file_once(
     cache = tmp_path / "cache"
     (cache / "backbone").mkdir(parents=True)
     (cache / "backbone" / "backbone.bin.part").write_bytes(backbone[: len(backbone) // 2])
-    events: list[Progress] = []
+    events: list[ClientEvent] = []
     with (
         serve_in_thread(config) as url,
-        FederationClient(url, state_dir=tmp_path / "c", on_progress=events.append) as c,
+        FederationClient(url, state_dir=tmp_path / "c", on_event=events.append) as c,
     ):
         c.register(KEY)
         # Execute
