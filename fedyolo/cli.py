@@ -312,7 +312,7 @@ def demo_cmd(
 ) -> None:
     """A real federated run of each task over one frozen backbone: server and clients as processes."""
     from fedyolo.demo.command import demo_command
-    from fedyolo.demo.orchestrate import DemoConfig
+    from fedyolo.demo.config import DemoConfig
 
     config = DemoConfig(
         clients=clients,

@@ -197,8 +197,10 @@ def simulate_command(
     )
     from rich.table import Table
 
-    from fedyolo.demo.plan import encode_plan, ensure_bundle, initial_module, plan_task
+    from fedyolo.export.reuse import ensure_bundle
+    from fedyolo.runtime.bundle import initial_module
     from fedyolo.runtime.ort_trainer import OrtTrainer, SharedBackbone
+    from fedyolo.tasks.shares import encode_shares, share_task
 
     console = Console()
     settings = FederationSettings(
@@ -213,8 +215,9 @@ def simulate_command(
         eval_every=max(1, eval_every),
         lr_schedule=lr_schedule,
     )
-    plans = [plan_task(t, clients, alpha, seed, train_per_task, test_per_task) for t in tasks]
-    bundle, exported = ensure_bundle(out / "bundle", plans, backbone, module, max_length, seed)
+    plans = [share_task(t, clients, alpha, seed, train_per_task, test_per_task) for t in tasks]
+    labels = {p.task_id: p.labels for p in plans}
+    bundle, exported = ensure_bundle(out / "bundle", labels, backbone, module, max_length, seed)
     console.print(
         f"{'exported' if exported else 'reusing'} bundle {out / 'bundle'}; {clients} clients, "
         f"{fraction:g} of them a round, alpha {alpha:g}, {rounds} rounds x {local_epochs} local epochs"
@@ -223,7 +226,7 @@ def simulate_command(
     results: dict[str, Any] = {"settings": asdict(settings), "alpha": alpha, "clients": clients, "tasks": {}}
     for plan in plans:
         trainer = OrtTrainer(bundle, plan.task_id, backbone=shared, lr=lr)
-        client_arrays, test = encode_plan(bundle, plan)
+        client_arrays, test = encode_shares(bundle, plan)
         initial = initial_module(bundle, plan.task_id)
         table = Table(title=f"{plan.task_id}: {plan.train_used} train examples among {clients} clients")
         for column in ("round", "clients", "examples", "train loss", "held-out acc", "s"):

@@ -9,6 +9,7 @@ from pathlib import Path
 from fedyolo.runtime.errors import BundleError
 from fedyolo.runtime.manifest import (
     BACKBONE_FILE,
+    MODULE_WEIGHTS,
     TOKENIZER_FILE,
     FileEntry,
     Manifest,
@@ -17,6 +18,7 @@ from fedyolo.runtime.manifest import (
     read_manifest,
     sha256_file,
 )
+from fedyolo.runtime.wire import ModuleWeights, decode_module
 
 
 @dataclass(frozen=True)
@@ -90,3 +92,9 @@ def open_bundle(root: str | os.PathLike[str], tasks: list[str] | None = None, ve
             for name, entry in manifest.tasks[task_id].files.items():
                 _verify(bundle.task_file(task_id, name), entry, f"{name} of task {task_id!r}")
     return bundle
+
+
+def initial_module(bundle: Bundle, task_id: str) -> ModuleWeights:
+    """The task's module as exported: round 0 of every federation and of every local baseline."""
+    task = bundle.task(task_id)
+    return decode_module(bundle.task_file(task_id, MODULE_WEIGHTS).read_bytes(), task)

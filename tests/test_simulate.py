@@ -8,7 +8,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from fedyolo.demo.plan import initial_module
 from fedyolo.fedserver.strategies import (
     StrategyParams,
     StrategyState,
@@ -17,7 +16,7 @@ from fedyolo.fedserver.strategies import (
     module_delta,
     round_lr,
 )
-from fedyolo.runtime.bundle import Bundle, open_bundle
+from fedyolo.runtime.bundle import Bundle, initial_module, open_bundle
 from fedyolo.runtime.client import train_round
 from fedyolo.runtime.local import encode_examples
 from fedyolo.runtime.ort_trainer import OrtTrainer
@@ -148,7 +147,7 @@ def test_simulate_command_writes_a_table_and_json(tmp_path: Path, bundle: Bundle
     import json
     import shutil
 
-    from fedyolo.demo.plan import RECIPE_FILE, BundleRecipe
+    from fedyolo.export.reuse import RECIPE_FILE, BundleRecipe
     from fedyolo.simulate import simulate_command
 
     # Prepare: reuse the exported bundle by giving it the recipe simulate would write

@@ -8,19 +8,17 @@ answer) and within the first task's labels only (the kinder, task-aware score).
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
 
-from fedyolo.demo.plan import initial_module
-from fedyolo.runtime.bundle import Bundle
+from fedyolo.runtime.bundle import Bundle, initial_module
 from fedyolo.runtime.data import Example, iter_batches
 from fedyolo.runtime.local import encode_examples, evaluate_arrays, train_epochs
 from fedyolo.runtime.ort_trainer import OrtTrainer, SharedBackbone
 from fedyolo.runtime.trainer import ExampleArrays
-from fedyolo.runtime.wire import encode_module
+from fedyolo.runtime.wire import module_sha256
 
 SEP = ":"
 
@@ -74,10 +72,6 @@ class ForgettingResult:
     shared_second: float
 
 
-def _sha(trainer: OrtTrainer) -> str:
-    return hashlib.sha256(encode_module(trainer.get_module(), trainer.task)).hexdigest()
-
-
 def run_forgetting(
     bundle: Bundle,
     first: TaskSplit,
@@ -105,9 +99,12 @@ def run_forgetting(
     a_train, a_test = arrays(first.task_id, first.train), arrays(first.task_id, first.test)
     b_train, b_test = arrays(second.task_id, second.train), arrays(second.task_id, second.test)
     train_epochs(ta, a_train, epochs, batch_size, seed)
-    separate_before, sha_before = evaluate_arrays(ta, a_test).accuracy, _sha(ta)
+    separate_before, sha_before = (
+        evaluate_arrays(ta, a_test).accuracy,
+        module_sha256(ta.get_module(), ta.task),
+    )
     train_epochs(tb, b_train, epochs, batch_size, seed)
-    separate_after, sha_after = evaluate_arrays(ta, a_test).accuracy, _sha(ta)
+    separate_after, sha_after = evaluate_arrays(ta, a_test).accuracy, module_sha256(ta.get_module(), ta.task)
     separate_second = evaluate_arrays(tb, b_test).accuracy
 
     # One shared module, trained on the first task, then on the second.
