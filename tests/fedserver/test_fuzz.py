@@ -12,7 +12,7 @@ import pytest
 
 from fedyolo.fedserver.config import ServerConfig
 from fedyolo.fedserver.serve import serve_in_thread
-from fedyolo.fedserver.synthetic import build_bundle, head_module
+from tests.synthetic import build_bundle, head_module
 
 from .conftest import ENROLL_KEY
 

@@ -9,12 +9,12 @@ import numpy as np
 import pytest
 
 from fedyolo.fedserver.config import ServerConfig
-from fedyolo.fedserver.synthetic import build_bundle, head_module
 from fedyolo.runtime.bundle import Bundle
 from fedyolo.runtime.http_transport import RetryPolicy
 from fedyolo.runtime.manifest import TaskSpec
 from fedyolo.runtime.trainer import Batch, EvalResult, ExampleArrays
 from fedyolo.runtime.wire import ModuleWeights, check_module
+from tests.synthetic import build_bundle, head_module
 
 KEY = "client-test-enroll-key-01234"
 LABELS, HIDDEN, VOCAB, SEQ = 5, 32, 200, 12
