@@ -143,11 +143,14 @@ class FederationClient:
         cache.mkdir(parents=True, exist_ok=True)
         with open(cache / ".lock", "w") as lock:
             fcntl.flock(lock, fcntl.LOCK_EX)  # clients of one device share the cache: one writer at a time
-            self._fetch_missing(cache, wanted)
-        return open_bundle(cache, tasks=tasks)
+            checked = self._fetch_missing(cache, wanted)
+        # Every file was hashed just now (or checked as it arrived): open_bundle need not read it again.
+        return open_bundle(cache, tasks=tasks, checked=checked)
 
-    def _fetch_missing(self, cache: Path, wanted: list[dict[str, Any]]) -> None:
+    def _fetch_missing(self, cache: Path, wanted: list[dict[str, Any]]) -> dict[str, str]:
+        """Fetch what the cache lacks; returns every wanted file's path and the sha256 it was checked to have."""
         root = cache.resolve()
+        checked: dict[str, str] = {}
         for f in wanted:
             entry, dest = FileEntry(sha256=f["sha256"], bytes=f["bytes"]), cache / f["path"]
             if Path(f["path"]).is_absolute() or not dest.resolve().is_relative_to(root):
@@ -155,6 +158,7 @@ class FederationClient:
                 raise FederationError(
                     "bad_listing", f"the server listed a file outside the bundle: {f['path']!r}"
                 )
+            checked[f["path"]] = entry.sha256
             if dest.is_file() and dest.stat().st_size == entry.bytes and sha256_file(dest) == entry.sha256:
                 continue
             got = [0]
@@ -165,7 +169,8 @@ class FederationClient:
                 got[0] += n
                 self.on_event(ClientEvent("download", "", 0, path, got[0], total))
 
-            self.conn.download(f"/v1/bundle/files/{f['path']}", dest, entry, on_bytes)
+            self.conn.download(f"/v1/bundle/files/{f['path']}", dest, entry, on_bytes)  # checks the sha256
+        return checked
 
     def download_module(self, task: TaskSpec, version: int) -> ModuleWeights:
         """A global module version, checked against the manifest and its ETag."""

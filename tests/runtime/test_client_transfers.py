@@ -3,6 +3,7 @@ downloads that resume, re-fetch what arrived damaged and never write outside the
 
 from __future__ import annotations
 
+import os
 from contextlib import ExitStack
 from pathlib import Path
 
@@ -108,6 +109,34 @@ def test_bundle_sync_resumes_a_partial_download_and_fetches_each_file_once(
     assert (cache / "backbone" / "backbone.bin").read_bytes() == backbone
     assert not [e for e in events if e.stage == "download"]  # nothing travels twice
     assert first.manifest == second.manifest
+
+
+def test_a_client_start_on_a_cached_bundle_hashes_each_file_once(
+    tmp_path: Path, config: ServerConfig, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Prepare: a cache filled by an earlier start, and a count of every file hashed
+    from fedyolo.runtime import bundle, client
+
+    hashed: list[str] = []
+    real = client.sha256_file
+
+    def counting(path: str | os.PathLike[str]) -> str:
+        hashed.append(Path(path).name)
+        return real(path)
+
+    with serve_in_thread(config) as url, FederationClient(url, state_dir=tmp_path / "c") as c:
+        c.register(KEY)
+        c.sync_bundle(tmp_path / "cache")
+        monkeypatch.setattr(client, "sha256_file", counting)
+        monkeypatch.setattr(bundle, "sha256_file", counting)
+
+        # Execute
+        opened = c.sync_bundle(tmp_path / "cache")
+
+    # Assert: the backbone (and every other file) read once, and the bundle opened all the same
+    assert hashed.count("backbone.bin") == 1
+    assert len(hashed) == len(set(hashed))
+    assert opened.manifest.tasks
 
 
 def test_a_corrupt_partial_download_is_detected_and_fetched_again(
