@@ -46,15 +46,16 @@ def _options(pairs: list[str] | None) -> dict[str, Any]:
 
 
 def _task_labels(task: str, data: Path | None) -> tuple[str, ...]:
-    from fedyolo.tasks import BUILTIN_TASKS, load_task, task_from_file
+    from fedyolo.tasks import BUILTIN_TASKS, load_task
+    from fedyolo.tasks.task import labels_from_file
 
     if data is not None:
-        return task_from_file(data, name=task).labels
+        return labels_from_file(data)  # the same formats as `train` and `client`: JSONL, CSV, .npz
     if task in BUILTIN_TASKS:
         return load_task(task).labels
     raise FedyoloError(
         f"task {task!r} is not built in ({', '.join(BUILTIN_TASKS)}); give its labelled examples with "
-        '--data FILE.jsonl (rows of {"text": ..., "label": ...})'
+        '--data FILE.jsonl (rows of {"text": ..., "label": ...}; a .npz for images)'
     )
 
 
@@ -84,7 +85,9 @@ def export_onnx_cmd(
         str, typer.Option(help="minilm (bundled), tiny-bert, tiny-vit, or a local HF dir")
     ] = "minilm",
     module: Annotated[str, typer.Option(help="lora, adapter, prompt, head or full")] = "lora",
-    data: Annotated[Path | None, typer.Option(help="JSONL/CSV of {text, label}: the task's labels")] = None,
+    data: Annotated[
+        Path | None, typer.Option(help="the task's data, for its labels (JSONL/CSV; .npz for images)")
+    ] = None,
     option: Annotated[list[str] | None, typer.Option(help="module option key=value, e.g. r=16")] = None,
     optimizer: Annotated[str, typer.Option(help="adamw or sgd")] = "adamw",
     max_length: Annotated[int, typer.Option(help="tokens per example")] = 32,
