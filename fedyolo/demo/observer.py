@@ -13,10 +13,11 @@ from __future__ import annotations
 import os
 import sys
 import time
+from dataclasses import asdict
 from pathlib import Path
 
 from fedyolo.demo.worker import OBSERVER_EVENTS, Events, WorkerPlan
-from fedyolo.experiments.local_baseline import LocalRun
+from fedyolo.experiments.forgetting import train_beside
 from fedyolo.runtime.bundle import open_bundle
 from fedyolo.runtime.client import FederationClient
 from fedyolo.runtime.http_transport import Connection, RetryPolicy
@@ -92,25 +93,18 @@ class Observer:
             return
         a, b = self.plan.tasks[0], self.plan.tasks[1]
         self.events.emit("isolation_start", task=a, other=b)
-        ta, tb = self.trainers[a], self.trainers[b]
-        ta.set_module(self.final[a])
-        before = evaluate_arrays(ta, self.test[a])
-        sha_before = module_sha256(ta.get_module(), ta.task)
+        self.trainers[a].set_module(self.final[a])
         data = load_arrays(self.bundle, b, client_data_path(Path(self.plan.data_dir), b, 0))
-        run = LocalRun(tb, 0, self.final[b], data, 1, self.plan.lr, self.plan.batch_size, self.plan.seed)
-        run.start()
-        b_loss = run.epoch()
-        after = evaluate_arrays(ta, self.test[a])
+        p = self.plan
+        beside = train_beside(
+            self.trainers[a], self.test[a], self.trainers[b], self.final[b], data, p.lr, p.batch_size, p.seed
+        )
         self.events.emit(
             "isolation",
             task=a,
             other=b,
             other_trained_examples=len(data["labels"]),
-            other_loss=b_loss,
-            sha256_before=sha_before,
-            sha256_after=module_sha256(ta.get_module(), ta.task),
-            accuracy_before=before.accuracy,
-            accuracy_after=after.accuracy,
+            **asdict(beside),
             backbone_unchanged=sha256_file(self.bundle.backbone_path)
             == self.bundle.manifest.backbone.file.sha256,
         )

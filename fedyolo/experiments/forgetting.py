@@ -4,6 +4,9 @@ sequence, over the same frozen backbone and the same training recipe.
 The shared module has one head over both label sets (`joint_labels`, e.g. ``topics:greetings`` and
 ``language:english``), so it is scored two ways: over every label (what a single shared model would
 answer) and within the first task's labels only (the kinder, task-aware score).
+
+`train_beside` is the demo's quick form of the same check: one epoch of a second task in the process
+that holds the first task's module, which must stay bit-identical.
 """
 
 from __future__ import annotations
@@ -13,12 +16,13 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from fedyolo.experiments.local_baseline import LocalRun
 from fedyolo.runtime.bundle import Bundle, initial_module
 from fedyolo.runtime.data import Example, iter_batches
 from fedyolo.runtime.local import encode_examples, evaluate_arrays, train_epochs
 from fedyolo.runtime.ort_trainer import OrtTrainer, SharedBackbone
-from fedyolo.runtime.trainer import ExampleArrays
-from fedyolo.runtime.wire import module_sha256
+from fedyolo.runtime.trainer import ExampleArrays, Trainer
+from fedyolo.runtime.wire import ModuleWeights, module_sha256
 
 SEP = ":"
 
@@ -134,3 +138,34 @@ def run_forgetting(
         shared_after_within=accuracy_within(ts, sa_test, columns),
         shared_second=evaluate_arrays(ts, sb_test).accuracy,
     )
+
+
+@dataclass(frozen=True)
+class Beside:
+    """Task A's module and held-out accuracy before and after task B trained beside it, over one backbone."""
+
+    sha256_before: str
+    sha256_after: str
+    accuracy_before: float
+    accuracy_after: float
+    other_loss: float  # task B's mean training loss
+
+
+def train_beside(
+    a: Trainer,
+    a_test: ExampleArrays,
+    b: Trainer,
+    b_module: ModuleWeights,
+    b_train: ExampleArrays,
+    lr: float,
+    batch_size: int,
+    seed: int,
+) -> Beside:
+    """Train task B for one epoch from `b_module` while `a` holds task A's module; A must not move."""
+    before = evaluate_arrays(a, a_test)
+    sha_before = module_sha256(a.get_module(), a.task)
+    run = LocalRun(b, 0, b_module, b_train, 1, lr, batch_size, seed)
+    run.start()
+    loss = run.epoch()
+    after = evaluate_arrays(a, a_test)
+    return Beside(sha_before, module_sha256(a.get_module(), a.task), before.accuracy, after.accuracy, loss)
