@@ -44,7 +44,8 @@ def log_tail(path: Path, lines: int = 3) -> str:
 
 
 class Launch:
-    """The demo's children, each with its log under `run_dir/logs`; `views` and `event_tails` read them."""
+    """The demo's children, each with its log under `run_dir/logs` (for people) and its JSON-line events
+    under `run_dir/events` (for the demo: `views` for the clients, `event_tails` for the workers)."""
 
     def __init__(self, config: DemoConfig, run_dir: Path, console: Console) -> None:
         self.config = config
