@@ -6,7 +6,7 @@
    Dirichlet alpha = 1 (mild skew) and 0.1 (strong skew); the fully-local baseline (each client alone,
    same passes) beside them. DESIGN.md's target: within 2 points at alpha = 1.
 2. Forgetting: `topics` then `language`, with one module per task (FedYolo) and with one shared module
-   over both label sets (`fedyolo.demo.forgetting`).
+   over both label sets (`fedyolo.experiments.forgetting`).
 
 Federated runs go through `fedyolo.simulate.run_federation`: the real client's `train_round` and the
 server's strategy functions. Each recipe is applied alike to the centralised run, the federation and
@@ -37,14 +37,15 @@ from typing import Any
 
 import numpy as np
 
-from fedyolo.demo.forgetting import TaskSplit, joint_labels, run_forgetting
-from fedyolo.demo.plan import initial_module, stratified_sample
-from fedyolo.runtime.bundle import Bundle, open_bundle
-from fedyolo.runtime.local import Arrays, encode_examples, evaluate_arrays, train_epochs
+from fedyolo.experiments.forgetting import TaskSplit, joint_labels, run_forgetting
+from fedyolo.runtime.bundle import Bundle, initial_module, open_bundle
+from fedyolo.runtime.local import encode_examples, evaluate_arrays, train_epochs
 from fedyolo.runtime.ort_trainer import OrtTrainer, SharedBackbone
 from fedyolo.runtime.plan import FederationPlan, StrategyParams, round_lr
+from fedyolo.runtime.trainer import ExampleArrays
 from fedyolo.simulate import Cohort, run_federation
 from fedyolo.tasks import dirichlet_partition, load_task
+from fedyolo.tasks.shares import stratified_sample
 
 
 @dataclass(frozen=True)
@@ -99,8 +100,8 @@ def summary(values: list[float]) -> dict[str, Any]:
 def train_plain(
     trainer: OrtTrainer,
     initial: dict[str, np.ndarray],
-    data: Arrays,
-    test: Arrays,
+    data: ExampleArrays,
+    test: ExampleArrays,
     epochs: int,
     recipe: Recipe,
     batch_size: int,

@@ -31,13 +31,13 @@ from typing import Any
 
 import numpy as np
 
-from fedyolo.demo.plan import initial_module
 from fedyolo.fedserver.fold import RoundFold
 from fedyolo.fedserver.strategies import StrategyState, delta_norm, module_delta
-from fedyolo.runtime.bundle import open_bundle
-from fedyolo.runtime.local import Arrays, encode_examples, evaluate_arrays, train_round
+from fedyolo.runtime.bundle import initial_module, open_bundle
+from fedyolo.runtime.local import encode_examples, evaluate_arrays, train_round
 from fedyolo.runtime.ort_trainer import OrtTrainer
 from fedyolo.runtime.plan import FederationPlan
+from fedyolo.runtime.trainer import ExampleArrays
 from fedyolo.runtime.wire import ModuleWeights
 from fedyolo.tasks import dirichlet_partition, load_task
 
@@ -54,8 +54,8 @@ PLANS = {
 def federate(
     trainer: OrtTrainer,
     initial: ModuleWeights,
-    clients: list[Arrays],
-    test: Arrays,
+    clients: list[ExampleArrays],
+    test: ExampleArrays,
     plan: FederationPlan,
     seed: int,
     attacker: int | None,
@@ -120,7 +120,7 @@ def main() -> int:
     def plan(name: str) -> FederationPlan:
         return FederationPlan(rounds=args.rounds, local_epochs=1, lr=2e-3, batch_size=16, **PLANS[name])
 
-    def shares(n: int, seed: int) -> list[Arrays]:
+    def shares(n: int, seed: int) -> list[ExampleArrays]:
         parts = dirichlet_partition(topics.train, topics.labels, n, args.alpha, seed)
         return [encode_examples(bundle, spec, share) for share in parts if share]
 

@@ -33,9 +33,11 @@ import psutil
 
 import fedyolo
 from fedyolo.fedserver.store import DB_NAME
-from fedyolo.fedserver.synthetic import ADAPTER_MODULE, build_bundle
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the synthetic bundle is a test fixture
 from fedyolo.runtime.bundle import open_bundle
 from fedyolo.runtime.wire import encode_module
+from tests.synthetic import ADAPTER_MODULE, build_bundle
 
 KEY = "server-load-benchmark-key-0001"
 RESULTS = Path(__file__).parent / "results" / "server_load.json"

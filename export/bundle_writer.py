@@ -8,7 +8,6 @@ manifest swapped in. A failure at any point leaves the previous bundle as it was
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import os
 import shutil
 import tempfile
@@ -24,10 +23,11 @@ from safetensors.numpy import save_file
 
 from fedyolo import __version__
 from fedyolo.export.backbone_store import (
+    BackboneBlob,
     BackboneLayout,
-    backbone_bytes,
     externalize_frozen,
     relative_backbone_location,
+    same_bytes,
     stored_name,
 )
 from fedyolo.export.backbones import Backbone
@@ -45,13 +45,13 @@ from fedyolo.runtime.manifest import (
     TOKENIZER_FILE,
     TRAINING_MODEL,
     BackboneSpec,
+    FileEntry,
     InputSpec,
     Manifest,
     TaskSpec,
     TensorSpec,
     file_entry,
     read_manifest,
-    sha256_file,
 )
 
 
@@ -68,24 +68,23 @@ class TaskExport:
     wire_dtype: str = "float32"  # module weights on the wire: float32, or float16 for half the bytes
 
 
-def _backbone_spec(
-    backbone: Backbone, layout: BackboneLayout, blob: bytes, tensors: tuple[TensorSpec, ...], path: Path
-) -> BackboneSpec:
+def _backbone_spec(backbone: Backbone, layout: BackboneLayout, blob: BackboneBlob) -> BackboneSpec:
     return BackboneSpec(
         id=backbone.id,
         architecture=backbone.architecture,
         model_type=backbone.model_type,
         hidden_size=backbone.hidden_size,
         num_layers=backbone.num_layers,
-        file=file_entry(path),
-        tensors=tensors,
+        file=FileEntry(sha256=blob.sha256, bytes=len(blob.data)),  # the file is these bytes: no second hash
+        tensors=blob.tensors,
         full_model_bytes=sum(a.nbytes for a in layout.arrays.values()),
     )
 
 
 def check_out(out: Path, task_id: str, force: bool = False) -> Manifest | None:
     """Refuse an --out that cannot take task `task_id`, before any slow work: a file, a non-bundle
-    folder, a task already there (without `force`), a corrupt backbone. Returns the existing manifest."""
+    folder, a task already there (without `force`). Returns the existing manifest; its backbone is
+    checked by `check_stored_backbone` once the export's blob is built."""
     if out.exists() and not out.is_dir():
         raise BundleError(f"--out {out} is a file, not a folder; choose a new or empty folder")
     if not (out / MANIFEST_NAME).exists():
@@ -99,12 +98,18 @@ def check_out(out: Path, task_id: str, force: bool = False) -> Manifest | None:
         raise BundleError(
             f"task {task_id!r} is already in {out}; pass --force to replace it, or pick another --task"
         )
+    return existing
+
+
+def check_stored_backbone(out: Path, existing: Manifest, blob: BackboneBlob) -> None:
+    """Refuse to add a task unless `out` stores this export's backbone, intact: the blob's sha256 is the
+    manifest's, and backbone.bin holds the blob's bytes (compared, not hashed a second time)."""
+    check_same_backbone(existing, blob.sha256, out)
     backbone = out / BACKBONE_FILE
-    if not backbone.is_file() or sha256_file(backbone) != existing.backbone.file.sha256:
+    if not same_bytes(backbone, blob.data):
         raise BundleError(
             f"{backbone} is missing or fails its sha256 check; re-export the bundle into a new folder"
         )
-    return existing
 
 
 def check_same_backbone(existing: Manifest, blob_sha: str, out: Path) -> None:
@@ -152,17 +157,20 @@ def write_task(
     out: Path,
     backbone: Backbone,
     layout: BackboneLayout,
+    blob: BackboneBlob,
     model: TaskModel,
     artifacts: OnnxArtifacts,
     task: TaskExport,
     force: bool = False,
 ) -> Manifest:
-    """Move `artifacts` (written in a temp task folder) into the bundle at `out` as task `task.task_id`."""
-    blob, tensor_specs = backbone_bytes(layout.arrays)
-    tensors = {t.name: t for t in tensor_specs}
-    existing = check_out(out, task.task_id, force)
+    """Move `artifacts` (written in a temp task folder) into the bundle at `out` as task `task.task_id`.
+
+    `blob` is backbone.bin as this export built it; a bundle already at `out` must store the same one.
+    """
+    tensors = {t.name: t for t in blob.tensors}
+    existing = check_out(out, task.task_id, force)  # again: `out` may have changed during the export
     if existing is not None:
-        check_same_backbone(existing, hashlib.sha256(blob).hexdigest(), out)
+        check_same_backbone(existing, blob.sha256, out)
 
     _write_task_files(artifacts.directory, model, layout, tensors, artifacts)
     files = {
@@ -189,7 +197,7 @@ def write_task(
     )
 
     if existing is None:
-        return _new_bundle(out, backbone, layout, blob, tensor_specs, artifacts.directory, spec)
+        return _new_bundle(out, backbone, layout, blob, artifacts.directory, spec)
     return _add_task(out, existing, artifacts.directory, spec)
 
 
@@ -202,8 +210,7 @@ def _new_bundle(
     out: Path,
     backbone: Backbone,
     layout: BackboneLayout,
-    blob: bytes,
-    tensor_specs: tuple[TensorSpec, ...],
+    blob: BackboneBlob,
     task_src: Path,
     spec: TaskSpec,
 ) -> Manifest:
@@ -211,7 +218,7 @@ def _new_bundle(
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
     try:
         (tmp / BACKBONE_FILE).parent.mkdir(parents=True)
-        (tmp / BACKBONE_FILE).write_bytes(blob)
+        (tmp / BACKBONE_FILE).write_bytes(blob.data)
         tokenizer = None
         if backbone.tokenizer_path is not None:
             shutil.copyfile(backbone.tokenizer_path, tmp / TOKENIZER_FILE)
@@ -219,7 +226,7 @@ def _new_bundle(
         (tmp / "tasks").mkdir()
         shutil.move(str(task_src), tmp / "tasks" / spec.task_id)
         manifest = Manifest(
-            backbone=_backbone_spec(backbone, layout, blob, tensor_specs, tmp / BACKBONE_FILE),
+            backbone=_backbone_spec(backbone, layout, blob),
             tasks={spec.task_id: spec},
             tokenizer=tokenizer,
             fedyolo_version=__version__,

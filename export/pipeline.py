@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import logging
 import tempfile
 from collections.abc import Sequence
@@ -14,9 +13,9 @@ import torch
 from rich.console import Console
 from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
-from fedyolo.export.backbone_store import backbone_bytes, plan_layout
+from fedyolo.export.backbone_store import build_blob, plan_layout
 from fedyolo.export.backbones import DEFAULT_BACKBONE, Backbone, load_backbone
-from fedyolo.export.bundle_writer import TaskExport, check_out, check_same_backbone, write_task
+from fedyolo.export.bundle_writer import TaskExport, check_out, check_stored_backbone, write_task
 from fedyolo.export.classifier import TaskModel
 from fedyolo.export.modules import get_kind, make_config
 from fedyolo.export.onnx_export import OPTIMIZERS, export_training_artifacts
@@ -82,9 +81,9 @@ def export_onnx(
         # The backbone never depends on `seed` (it seeds the module): tasks over a tiny backbone share it.
         bb = load_backbone(backbone)
         layout = plan_layout(bb.model)
+        blob = build_blob(layout.arrays)  # built and hashed once per export: 90 MB for MiniLM
         if existing is not None:
-            blob, _ = backbone_bytes(layout.arrays)
-            check_same_backbone(existing, hashlib.sha256(blob).hexdigest(), out)
+            check_stored_backbone(out, existing, blob)
         progress.update(step, advance=1, description=f"attaching {module} module")
         model, config = build_task_model(bb, module, labels, options, seed)
         progress.update(step, advance=1, description="exporting ONNX training graphs")
@@ -94,7 +93,7 @@ def export_onnx(
             artifacts = export_training_artifacts(model, task_tmp, optimizer, max_length, bb.image_shape)
             progress.update(step, advance=1, description=f"writing bundle {out}")
             task = TaskExport(task_id, module, config, tuple(labels), optimizer, max_length, wire_dtype)
-            manifest = write_task(out, bb, layout, model, artifacts, task, force=force)
+            manifest = write_task(out, bb, layout, blob, model, artifacts, task, force=force)
         progress.update(step, advance=1)
     spec = manifest.tasks[task_id]
     log.info(

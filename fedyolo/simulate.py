@@ -23,10 +23,10 @@ from fedyolo.fedserver.fold import RoundFold
 from fedyolo.fedserver.strategies import StrategyState
 from fedyolo.runtime.client import train_round
 from fedyolo.runtime.errors import FedyoloError
-from fedyolo.runtime.local import Arrays, evaluate_arrays
+from fedyolo.runtime.local import evaluate_arrays
 from fedyolo.runtime.manifest import TaskSpec
 from fedyolo.runtime.plan import FederationPlan
-from fedyolo.runtime.trainer import Trainer
+from fedyolo.runtime.trainer import ExampleArrays, Trainer
 from fedyolo.runtime.wire import ModuleWeights, decode_module, encode_module
 
 
@@ -77,10 +77,10 @@ def wire(weights: ModuleWeights, task: TaskSpec) -> tuple[ModuleWeights, int]:
 def run_federation(
     trainer: Trainer,
     initial: ModuleWeights,
-    clients: Sequence[Arrays],
+    clients: Sequence[ExampleArrays],
     plan: FederationPlan,
     cohort: Cohort,
-    test: Arrays | None = None,
+    test: ExampleArrays | None = None,
     on_round: Callable[[RoundRecord], None] | None = None,
     on_update: Callable[[int, int, ModuleWeights, int], None] | None = None,
     on_step: Callable[[int, int, float], None] | None = None,
@@ -158,13 +158,16 @@ def simulate_command(
     )
     from rich.table import Table
 
-    from fedyolo.demo.plan import encode_plan, ensure_bundle, initial_module, plan_task
+    from fedyolo.export.reuse import ensure_bundle
+    from fedyolo.runtime.bundle import initial_module
     from fedyolo.runtime.ort_trainer import OrtTrainer, SharedBackbone
+    from fedyolo.tasks.shares import encode_shares, share_task
 
     console = Console()
     seed = cohort.seed
-    shares = [plan_task(t, clients, alpha, seed, train_per_task, test_per_task) for t in tasks]
-    bundle, exported = ensure_bundle(out / "bundle", shares, backbone, module, max_length, seed)
+    shares = [share_task(t, clients, alpha, seed, train_per_task, test_per_task) for t in tasks]
+    labels = {s.task_id: s.labels for s in shares}
+    bundle, exported = ensure_bundle(out / "bundle", labels, backbone, module, max_length, seed)
     console.print(
         f"{'exported' if exported else 'reusing'} bundle {out / 'bundle'}; {clients} clients, "
         f"{cohort.fraction:g} of them a round, alpha {alpha:g}, {plan.rounds} rounds x "
@@ -180,7 +183,7 @@ def simulate_command(
     }
     for share in shares:
         trainer = OrtTrainer(bundle, share.task_id, backbone=shared, lr=plan.lr)
-        client_arrays, test = encode_plan(bundle, share)
+        client_arrays, test = encode_shares(bundle, share)
         initial = initial_module(bundle, share.task_id)
         table = Table(title=f"{share.task_id}: {share.train_used} train examples among {clients} clients")
         for column in ("round", "clients", "examples", "train loss", "held-out acc", "s"):

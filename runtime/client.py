@@ -30,29 +30,18 @@ from fedyolo.runtime.bundle import Bundle, open_bundle
 from fedyolo.runtime.client_state import ClientState as ClientState
 from fedyolo.runtime.client_state import PendingUpdate as PendingUpdate
 from fedyolo.runtime.errors import FedyoloError
+from fedyolo.runtime.events import ClientEvent
 from fedyolo.runtime.http_transport import Connection, FederationError, RetryPolicy, error_of
 from fedyolo.runtime.local import train_round as train_round
 from fedyolo.runtime.manifest import FileEntry, TaskSpec, sha256_file
 from fedyolo.runtime.plan import RoundPlan
-from fedyolo.runtime.trainer import Batch, Trainer
+from fedyolo.runtime.trainer import ExampleArrays, Trainer
 from fedyolo.runtime.wire import ModuleWeights, decode_module, encode_module
 
 log = logging.getLogger(__name__)
 
 TrainerFactory = Callable[[Bundle, str], Trainer]
 FEDYOLO_HOME = Path(os.environ.get("FEDYOLO_HOME", Path.home() / ".fedyolo"))
-
-
-@dataclass(frozen=True)
-class Progress:
-    """One thing the client did or waits for; `done`/`total` count bytes (download) or steps (train)."""
-
-    stage: str  # download | round | train | upload | wait | done
-    task_id: str
-    round: int
-    detail: str
-    done: float = 0.0
-    total: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -76,7 +65,7 @@ class FederationClient:
         state_dir: str | os.PathLike[str] | None = None,
         verify: bool | str | os.PathLike[str] = True,
         retry: RetryPolicy | None = None,
-        on_progress: Callable[[Progress], None] | None = None,
+        on_event: Callable[[ClientEvent], None] | None = None,
         timeout_s: float = 60.0,
         sleep: Callable[[float], None] = time.sleep,
         transport: httpx.BaseTransport | None = None,
@@ -89,8 +78,8 @@ class FederationClient:
             self.url, verify=verify, timeout_s=timeout_s, retry=retry, sleep=sleep, transport=transport
         )
         self.sleep = sleep
-        self.on_progress = on_progress or (
-            lambda p: log.info("%s %s round %d: %s", p.stage, p.task_id, p.round, p.detail)
+        self.on_event = on_event or (
+            lambda e: log.info("%s %s round %d: %s", e.stage, e.task_id, e.round, e.detail)
         )
         creds = self.state.credentials()
         if creds is not None:
@@ -155,11 +144,14 @@ class FederationClient:
         cache.mkdir(parents=True, exist_ok=True)
         with open(cache / ".lock", "w") as lock:
             fcntl.flock(lock, fcntl.LOCK_EX)  # clients of one device share the cache: one writer at a time
-            self._fetch_missing(cache, wanted)
-        return open_bundle(cache, tasks=tasks)
+            checked = self._fetch_missing(cache, wanted)
+        # Every file was hashed just now (or checked as it arrived): open_bundle need not read it again.
+        return open_bundle(cache, tasks=tasks, checked=checked)
 
-    def _fetch_missing(self, cache: Path, wanted: list[dict[str, Any]]) -> None:
+    def _fetch_missing(self, cache: Path, wanted: list[dict[str, Any]]) -> dict[str, str]:
+        """Fetch what the cache lacks; returns every wanted file's path and the sha256 it was checked to have."""
         root = cache.resolve()
+        checked: dict[str, str] = {}
         for f in wanted:
             entry, dest = FileEntry(sha256=f["sha256"], bytes=f["bytes"]), cache / f["path"]
             if Path(f["path"]).is_absolute() or not dest.resolve().is_relative_to(root):
@@ -167,6 +159,7 @@ class FederationClient:
                 raise FederationError(
                     "bad_listing", f"the server listed a file outside the bundle: {f['path']!r}"
                 )
+            checked[f["path"]] = entry.sha256
             if dest.is_file() and dest.stat().st_size == entry.bytes and sha256_file(dest) == entry.sha256:
                 continue
             got = [0]
@@ -175,9 +168,10 @@ class FederationClient:
                 n: int, path: str = f["path"], total: int = entry.bytes, got: list[int] = got
             ) -> None:
                 got[0] += n
-                self.on_progress(Progress("download", "", 0, path, got[0], total))
+                self.on_event(ClientEvent("download", "", 0, path, got[0], total))
 
-            self.conn.download(f"/v1/bundle/files/{f['path']}", dest, entry, on_bytes)
+            self.conn.download(f"/v1/bundle/files/{f['path']}", dest, entry, on_bytes)  # checks the sha256
+        return checked
 
     def download_module(self, task: TaskSpec, version: int) -> ModuleWeights:
         """A global module version, checked against the manifest and its ETag."""
@@ -212,11 +206,11 @@ class FederationClient:
         self,
         task_id: str,
         trainer_factory: TrainerFactory,
-        data: Batch,
+        data: ExampleArrays,
         rounds: int | None = None,
         bundle: Bundle | None = None,
         cache_dir: str | os.PathLike[str] | None = None,
-        eval_data: Batch | None = None,
+        eval_data: ExampleArrays | None = None,
         long_poll_s: float = 25.0,
         max_wait_s: float | None = None,
         seed: int = 0,
@@ -237,7 +231,7 @@ class FederationClient:
             info = self.current_round(task_id, self.state.last_submitted(task_id), long_poll_s)
             r = _round_of(info)
             if info.get("status") == "finished":
-                self.on_progress(Progress("done", task_id, r, f"every round of {task_id!r} is done"))
+                self.on_event(ClientEvent("done", task_id, r, f"every round of {task_id!r} is done"))
                 break
             if info["status"] != "open" or self.state.last_submitted(task_id) >= r:
                 waited_since = waited_since or time.monotonic()
@@ -245,7 +239,7 @@ class FederationClient:
                     raise FederationError(
                         "timeout", f"round {r} of {task_id!r} did not move for {max_wait_s:.0f} s"
                     )
-                self.on_progress(Progress("wait", task_id, r, f"round {r} is {info['status']}; waiting"))
+                self.on_event(ClientEvent("wait", task_id, r, f"round {r} is {info['status']}; waiting"))
                 continue
             waited_since = None
             saved = self.state.pending(task_id)
@@ -261,8 +255,8 @@ class FederationClient:
                 plan = RoundPlan.from_json(info)
                 saved = self._train(task, trainer, data, plan, module_version, rng, eval_data)
             pending, body = saved
-            self.on_progress(
-                Progress("upload", task_id, r, f"{len(body)} bytes, key {pending.idempotency_key[:8]}")
+            self.on_event(
+                ClientEvent("upload", task_id, r, f"{len(body)} bytes, key {pending.idempotency_key[:8]}")
             )
             try:
                 answer = self.upload(pending, body)
@@ -280,24 +274,33 @@ class FederationClient:
                 self.state.mark_submitted(task_id, r)
             self.state.drop_pending(task_id)
             results.append(RoundResult(task_id, r, outcome, pending.examples, pending.metrics))
-            self.on_progress(Progress("round", task_id, r, f"update {outcome}; metrics {pending.metrics}"))
+            self.on_event(
+                ClientEvent(
+                    "round",
+                    task_id,
+                    r,
+                    f"update {outcome}; metrics {pending.metrics}",
+                    outcome=outcome,
+                    metrics=dict(pending.metrics),
+                )
+            )
         return results
 
     def _train(
         self,
         task: TaskSpec,
         trainer: Trainer,
-        data: Batch,
+        data: ExampleArrays,
         plan: RoundPlan,
         module_version: int,
         rng: np.random.Generator,
-        eval_data: Batch | None,
+        eval_data: ExampleArrays | None,
     ) -> tuple[PendingUpdate, bytes]:
         r = plan.round
         global_weights = self.download_module(task, module_version)
 
         def on_step(done: int, total: int, loss: float) -> None:
-            self.on_progress(Progress("train", task.task_id, r, f"loss {loss:.4f}", done, total))
+            self.on_event(ClientEvent("train", task.task_id, r, f"loss {loss:.4f}", done, total))
 
         examples, metrics = train_round(trainer, global_weights, data, plan, rng, eval_data, on_step)
         body = encode_module(trainer.get_module(), task)

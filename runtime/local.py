@@ -27,10 +27,9 @@ from fedyolo.runtime.errors import DataError
 from fedyolo.runtime.fedprox import ProximalTrainer, proximal_step
 from fedyolo.runtime.manifest import TaskSpec
 from fedyolo.runtime.plan import RoundPlan
-from fedyolo.runtime.trainer import EvalResult, Trainer
+from fedyolo.runtime.trainer import EvalResult, ExampleArrays, Trainer
 from fedyolo.runtime.wire import ModuleWeights
 
-Arrays = dict[str, np.ndarray]
 StepCallback = Callable[[int, float], None]  # (step index in the epoch, loss)
 
 
@@ -47,7 +46,7 @@ class EpochLog:
 
 def encode_examples(
     bundle: Bundle, task: TaskSpec, examples: Sequence[Example], source: str = "the data"
-) -> Arrays:
+) -> ExampleArrays:
     """Token ids, mask and label ids for text examples, checked against the task's labels."""
     if not examples:
         raise DataError(f"{source} holds no examples; give a file with at least one {{text, label}} row")
@@ -59,7 +58,7 @@ def encode_examples(
     return arrays
 
 
-def load_arrays(bundle: Bundle, task_id: str, path: Path) -> Arrays:
+def load_arrays(bundle: Bundle, task_id: str, path: Path) -> ExampleArrays:
     """A data file as the task's graph inputs: JSONL/CSV for text tasks, .npz for image tasks."""
     task = bundle.task(task_id)
     if task.input.kind == "image":
@@ -81,7 +80,7 @@ def load_arrays(bundle: Bundle, task_id: str, path: Path) -> Arrays:
 
 def local_steps(
     trainer: Trainer,
-    train: Arrays,
+    train: ExampleArrays,
     epochs: int,
     batch_size: int,
     shuffle: int | np.random.Generator = 0,
@@ -105,7 +104,7 @@ def local_steps(
 
 def train_epochs(
     trainer: Trainer,
-    train: Arrays,
+    train: ExampleArrays,
     epochs: int,
     batch_size: int,
     seed: int = 0,
@@ -131,10 +130,10 @@ def train_epochs(
 def train_round(
     trainer: Trainer,
     global_weights: ModuleWeights,
-    data: Arrays,
+    data: ExampleArrays,
     plan: RoundPlan,
     rng: np.random.Generator,
-    eval_data: Arrays | None = None,
+    eval_data: ExampleArrays | None = None,
     on_step: Callable[[int, int, float], None] | None = None,
 ) -> tuple[int, dict[str, float]]:
     """Evaluate the global module on local data, then train it by the round's `plan` (its local epochs,
@@ -170,15 +169,15 @@ def linear_decay(lr: float, total_steps: int, offset: int = 0) -> Callable[[int]
     return lambda step: lr * max(0.0, 1.0 - (step + offset) / max(total_steps, 1))
 
 
-def evaluate_arrays(trainer: Trainer, arrays: Arrays, batch_size: int = 64) -> EvalResult:
+def evaluate_arrays(trainer: Trainer, arrays: ExampleArrays, batch_size: int = 64) -> EvalResult:
     """Held-out loss and accuracy over every example of `arrays`."""
     return trainer.evaluate(iter_batches(arrays, batch_size, shuffle=False))
 
 
 def fit(
     trainer: Trainer,
-    train: Arrays,
-    test: Arrays | None,
+    train: ExampleArrays,
+    test: ExampleArrays | None,
     epochs: int,
     batch_size: int,
     seed: int = 0,

@@ -12,9 +12,12 @@ import numpy as np
 from fedyolo.runtime.manifest import TaskSpec
 from fedyolo.runtime.wire import ModuleWeights
 
-# Graph input name -> array. Text: input_ids, attention_mask (int64, [batch, seq]);
+# One batch: graph input name -> array. Text: input_ids, attention_mask (int64, [batch, seq]);
 # image: pixel_values (float32, [batch, C, H, W]); always labels (int64, [batch]).
 Batch = dict[str, np.ndarray]
+# A whole set of examples (a client's data, a test split): the same names, a leading example axis.
+# `iter_batches` cuts it into Batches.
+ExampleArrays = dict[str, np.ndarray]
 
 
 @dataclass(frozen=True)

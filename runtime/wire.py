@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+
 import numpy as np
 from safetensors import SafetensorError
 from safetensors.numpy import load as st_load
@@ -59,3 +61,8 @@ def check_module(
             raise ModuleWeightsError(f"tensor {name!r} is {dtype}; expected one of {allowed_dtypes}")
         if not np.isfinite(arr).all():
             raise ModuleWeightsError(f"tensor {name!r} holds NaN or Inf values; refusing the update")
+
+
+def module_sha256(weights: ModuleWeights, task: TaskSpec) -> str:
+    """sha256 of the module as it travels (the safetensors body): equal hashes, bit-identical modules."""
+    return hashlib.sha256(encode_module(weights, task)).hexdigest()

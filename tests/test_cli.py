@@ -220,6 +220,28 @@ def test_an_image_task_given_text_data_says_what_it_takes(tmp_path: Path) -> Non
     assert snapshot(tmp_path / "b") == before
 
 
+def test_an_image_task_exports_and_trains_from_the_same_npz(tmp_path: Path) -> None:
+    # Prepare: a user's images as `train` takes them, integer labels
+    from fedyolo.export.backbones import load_backbone
+
+    shape = load_backbone("tiny-vit").image_shape
+    rng = np.random.default_rng(0)
+    pixels = rng.standard_normal((12, *shape)).astype(np.float32)
+    np.savez(tmp_path / "digits.npz", pixel_values=pixels, labels=np.array([0, 1, 2, 10] * 3))
+
+    # Execute: every command that takes a task's data takes this file
+    export = fedyolo(
+        *EXPORT, "--backbone", "tiny-vit", "--module", "head", "--task", "digits",
+        "--data", "digits.npz", "--out", "b", cwd=tmp_path,
+    )  # fmt: skip
+    train = fedyolo("train", "b", "--task", "digits", "--data", "digits.npz", "--epochs", "1", cwd=tmp_path)
+
+    # Assert
+    assert export.returncode == 0, export.stderr
+    assert read_manifest(tmp_path / "b").tasks["digits"].labels == ("0", "1", "2", "10")
+    assert train.returncode == 0, train.stderr
+
+
 @pytest.mark.slow
 def test_data_export_train_save(tmp_path: Path) -> None:
     # Prepare: the built-in task's splits as files, and a bundle, all through the CLI

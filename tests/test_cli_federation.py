@@ -1,8 +1,10 @@
 """`fedyolo serve`, `fedyolo client` and `fedyolo status` as a user runs them, in separate processes:
-a server over a tiny bundle, one client that trains a round on its own file, and the status table."""
+a server over a tiny bundle, one client that trains a round on its own file (and tells its supervisor
+what it does as JSON lines), and the status table."""
 
 from __future__ import annotations
 
+import json
 import os
 import socket
 import subprocess
@@ -75,7 +77,7 @@ def test_serve_client_status_over_http(tmp_path: Path) -> None:
         # Execute
         client = fedyolo(
             "client", url, "--task", "topics", "--data", data, "--enroll-key", KEY, "--threads", "1",
-            "--state-dir", tmp_path / "client", home=tmp_path,
+            "--state-dir", tmp_path / "client", "--events", tmp_path / "events.jsonl", home=tmp_path,
         )  # fmt: skip
         status = fedyolo("status", url, home=tmp_path)
     finally:
@@ -85,5 +87,13 @@ def test_serve_client_status_over_http(tmp_path: Path) -> None:
     # Assert
     assert client.returncode == 0, client.stderr[-2000:]
     assert "1 updates accepted for task 'topics'" in client.stderr
+    events = [json.loads(line) for line in (tmp_path / "events.jsonl").read_text().splitlines()]
+    assert all({"stage", "task", "round", "detail", "done", "total", "time"} <= set(e) for e in events)
+    stages = [e["stage"] for e in events]
+    assert stages[0] == "register" and "download" in stages and stages[-1] == "done"
+    train = [e for e in events if e["stage"] == "train"]
+    assert train and train[-1]["done"] == train[-1]["total"] > 0 and train[-1]["round"] == 1
+    (finished,) = [e for e in events if e["stage"] == "round"]
+    assert finished["outcome"] == "accepted" and "train_loss" in finished["metrics"]
     assert status.returncode == 0, status.stderr
     assert "topics" in status.stdout and "finished" in status.stdout

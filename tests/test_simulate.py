@@ -8,14 +8,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from fedyolo.demo.plan import initial_module
 from fedyolo.fedserver.fold import WeightedSum
 from fedyolo.fedserver.strategies import StrategyState, fedavg, module_delta
-from fedyolo.runtime.bundle import Bundle, open_bundle
+from fedyolo.runtime.bundle import Bundle, initial_module, open_bundle
 from fedyolo.runtime.client import train_round
-from fedyolo.runtime.local import Arrays, encode_examples
+from fedyolo.runtime.local import encode_examples
 from fedyolo.runtime.ort_trainer import OrtTrainer
 from fedyolo.runtime.plan import FederationPlan, StrategyParams, round_lr
+from fedyolo.runtime.trainer import ExampleArrays
 from fedyolo.runtime.wire import encode_module
 from fedyolo.simulate import Cohort, run_federation, sample_clients
 from fedyolo.tasks import load_task
@@ -31,7 +31,7 @@ def bundle(tmp_path_factory: pytest.TempPathFactory) -> Bundle:
     return open_bundle(out)
 
 
-def shares(bundle: Bundle, sizes: list[int]) -> list[Arrays]:
+def shares(bundle: Bundle, sizes: list[int]) -> list[ExampleArrays]:
     train = load_task("topics").train
     out, start = [], 0
     for n in sizes:
@@ -143,7 +143,7 @@ def test_simulate_command_writes_a_table_and_json(tmp_path: Path, bundle: Bundle
     import json
     import shutil
 
-    from fedyolo.demo.plan import RECIPE_FILE, BundleRecipe
+    from fedyolo.export.reuse import RECIPE_FILE, BundleRecipe
     from fedyolo.simulate import simulate_command
 
     # Prepare: reuse the exported bundle by giving it the recipe simulate would write

@@ -102,15 +102,16 @@ def _plan(
 
 
 def _task_labels(task: str, data: Path | None) -> tuple[str, ...]:
-    from fedyolo.tasks import BUILTIN_TASKS, load_task, task_from_file
+    from fedyolo.tasks import BUILTIN_TASKS, load_task
+    from fedyolo.tasks.task import labels_from_file
 
     if data is not None:
-        return task_from_file(data, name=task).labels
+        return labels_from_file(data)  # the same formats as `train` and `client`: JSONL, CSV, .npz
     if task in BUILTIN_TASKS:
         return load_task(task).labels
     raise FedyoloError(
         f"task {task!r} is not built in ({', '.join(BUILTIN_TASKS)}); give its labelled examples with "
-        '--data FILE.jsonl (rows of {"text": ..., "label": ...})'
+        '--data FILE.jsonl (rows of {"text": ..., "label": ...}; a .npz for images)'
     )
 
 
@@ -141,7 +142,9 @@ def export_onnx_cmd(
         str, typer.Option(help="minilm (bundled), tiny-bert, tiny-vit, or a local HF dir")
     ] = "minilm",
     module: Annotated[str, typer.Option(help="lora, adapter, prompt, head or full")] = "lora",
-    data: Annotated[Path | None, typer.Option(help="JSONL/CSV of {text, label}: the task's labels")] = None,
+    data: Annotated[
+        Path | None, typer.Option(help="the task's data, for its labels (JSONL/CSV; .npz for images)")
+    ] = None,
     option: Annotated[list[str] | None, typer.Option(help="module option key=value, e.g. r=16")] = None,
     optimizer: Annotated[str, typer.Option(help="adamw or sgd")] = "adamw",
     max_length: Annotated[int, typer.Option(help="tokens per example")] = 32,
@@ -303,8 +306,17 @@ def client_cmd(
     threads: Annotated[int, typer.Option(min=0, help="ONNX Runtime threads; 0: one per core")] = 0,
     ca_cert: Annotated[Path | None, typer.Option(help="CA or self-signed certificate of the server")] = None,
     insecure: Annotated[bool, typer.Option(help="do not verify the server's TLS certificate")] = False,
+    events: Annotated[
+        Path | None,
+        typer.Option(help="append progress here as JSON lines (stage, task, round, done, total, time, ...)"),
+    ] = None,
 ) -> None:
-    """Join a federation: register once, fetch the bundle once, then train and upload round after round."""
+    """Join a federation: register once, fetch the bundle once, then train and upload round after round.
+
+    With --events FILE, every stage (register, download, train, upload, round, wait, done, failed) is
+    also appended to FILE as one JSON object a line, for a supervisor: the schema is in
+    `fedyolo.runtime.events`.
+    """
     from fedyolo.cli.client import client_command
 
     client_command(
@@ -318,6 +330,7 @@ def client_cmd(
         cache_dir=cache_dir,
         name=name,
         verify=_verify(ca_cert, insecure),
+        events=events,
     )
 
 
@@ -365,7 +378,7 @@ def demo_cmd(
 ) -> None:
     """A real federated run of each task over one frozen backbone: server and clients as processes."""
     from fedyolo.demo.command import demo_command
-    from fedyolo.demo.orchestrate import DemoConfig
+    from fedyolo.demo.config import DemoConfig
 
     config = DemoConfig(
         clients=clients,

@@ -14,11 +14,12 @@ from safetensors.numpy import save_file
 
 from fedyolo.runtime.bundle import Bundle, open_bundle
 from fedyolo.runtime.errors import DataError, FedyoloError
-from fedyolo.runtime.local import Arrays, EpochLog, encode_examples, fit, load_arrays
+from fedyolo.runtime.local import EpochLog, encode_examples, fit, load_arrays
 from fedyolo.runtime.ort_trainer import OrtTrainer
+from fedyolo.runtime.trainer import ExampleArrays
 
 
-def builtin_split(bundle: Bundle, task_id: str, split: str) -> Arrays | None:
+def builtin_split(bundle: Bundle, task_id: str, split: str) -> ExampleArrays | None:
     """The built-in task's split when the task id names one (topics, language)."""
     from fedyolo.tasks import BUILTIN_TASKS, load_task
 

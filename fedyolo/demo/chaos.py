@@ -41,7 +41,7 @@ class KillPlan:
         return (
             not self.done
             and view.name == self.client
-            and view.stage == "training"
+            and view.stage == "train"
             and view.round >= self.round
             and view.percent >= KILL_AT_PERCENT
         )

@@ -11,7 +11,8 @@ from typing import Any
 
 from rich.console import Console
 
-from fedyolo.demo.orchestrate import Demo, DemoConfig
+from fedyolo.demo.config import DemoConfig
+from fedyolo.demo.orchestrate import Demo
 from fedyolo.demo.report import plot, print_report, write_json
 
 SUMMARY_WIDTH = 120

@@ -12,21 +12,17 @@ import socket
 import sys
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import httpx
 from rich.console import Console
 
-from fedyolo.demo.baseline import events_file as baseline_events
-from fedyolo.demo.observer import EVENTS_FILE as OBSERVER_EVENTS
-from fedyolo.demo.plan import client_data_path
+from fedyolo.demo.config import DemoConfig
 from fedyolo.demo.processes import Child, Children, child_env
-from fedyolo.demo.watch import ClientView, EventTail, LineTail
-from fedyolo.demo.worker import WorkerPlan
+from fedyolo.demo.watch import ClientView
+from fedyolo.demo.worker import OBSERVER_EVENTS, WorkerPlan, baseline_events
 from fedyolo.runtime.errors import FedyoloError
-
-if TYPE_CHECKING:
-    from fedyolo.demo.orchestrate import DemoConfig
+from fedyolo.runtime.events import JsonLinesTail
+from fedyolo.tasks.shares import client_data_path
 
 HOST = "127.0.0.1"
 
@@ -48,7 +44,8 @@ def log_tail(path: Path, lines: int = 3) -> str:
 
 
 class Launch:
-    """The demo's children, each with its log under `run_dir/logs`; `views` and `event_tails` read them."""
+    """The demo's children, each with its log under `run_dir/logs` (for people) and its JSON-line events
+    under `run_dir/events` (for the demo: `views` for the clients, `event_tails` for the workers)."""
 
     def __init__(self, config: DemoConfig, run_dir: Path, console: Console) -> None:
         self.config = config
@@ -59,7 +56,7 @@ class Launch:
         self.key = secrets.token_urlsafe(24)  # the enrollment key the server and its clients share
         self.url = ""
         self.views: dict[str, ClientView] = {}
-        self.event_tails: list[EventTail] = []
+        self.event_tails: list[JsonLinesTail] = []
 
     def env(self) -> dict[str, str]:
         """The environment of every child."""
@@ -105,7 +102,7 @@ class Launch:
         plan_path = self.run_dir / "workers.json"
         plan.write(plan_path)
         events_dir = Path(plan.events_dir)
-        self.event_tails.append(EventTail(events_dir / OBSERVER_EVENTS))
+        self.event_tails.append(JsonLinesTail(events_dir / OBSERVER_EVENTS))
         self.children.start(
             "observer",
             [sys.executable, "-m", "fedyolo.demo.observer", str(plan_path)],
@@ -116,7 +113,7 @@ class Launch:
         # or the federation is over, the baseline still keeps every core busy.
         workers = max(1, min(os.cpu_count() or 1, len(plan.baseline_runs())))
         for w in range(workers):
-            self.event_tails.append(EventTail(events_dir / baseline_events(w)))
+            self.event_tails.append(JsonLinesTail(events_dir / baseline_events(w)))
             self.children.start(
                 f"baseline-{w}",
                 [sys.executable, "-m", "fedyolo.demo.baseline", str(plan_path), str(w), str(workers)],
@@ -130,15 +127,16 @@ class Launch:
         for task in tasks:
             for i in range(self.config.clients):
                 name = f"{task}-{i}"
+                events = self.run_dir / "events" / "clients" / f"{name}.jsonl"
                 argv = [
                     sys.executable, "-m", "fedyolo.cli", "client", self.url,
                     "--task", task, "--data", str(client_data_path(self.run_dir / "data", task, i)),
                     "--state-dir", str(self.run_dir / "clients" / name),
                     "--cache-dir", str(self.run_dir / "device_cache"), "--name", name, "--threads", "1",
+                    "--events", str(events),
                 ]  # fmt: skip
-                log_path = self.run_dir / "logs" / f"{name}.log"
-                self.children.start(name, argv, log_path, self.env())
-                self.views[name] = ClientView(name, task, LineTail(log_path))
+                self.children.start(name, argv, self.run_dir / "logs" / f"{name}.log", self.env())
+                self.views[name] = ClientView(name, task, JsonLinesTail(events))
 
     def failed(self) -> list[Child]:
         """The children that exited since the last call with a non-zero code nobody asked for."""

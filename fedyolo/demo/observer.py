@@ -10,30 +10,25 @@ Run as `python -m fedyolo.demo.observer PLAN.json`; it writes JSON-line events (
 
 from __future__ import annotations
 
-import hashlib
 import os
 import sys
 import time
+from dataclasses import asdict
 from pathlib import Path
 
-from fedyolo.demo.baseline import LocalRun
-from fedyolo.demo.plan import client_data_path, test_data_path
-from fedyolo.demo.worker import Events, WorkerPlan
+from fedyolo.demo.worker import OBSERVER_EVENTS, Events, WorkerPlan
+from fedyolo.experiments.forgetting import train_beside
 from fedyolo.runtime.bundle import open_bundle
 from fedyolo.runtime.client import FederationClient
 from fedyolo.runtime.http_transport import Connection, RetryPolicy
-from fedyolo.runtime.local import Arrays, evaluate_arrays, load_arrays
+from fedyolo.runtime.local import evaluate_arrays, load_arrays
 from fedyolo.runtime.manifest import sha256_file
 from fedyolo.runtime.ort_trainer import OrtTrainer, SharedBackbone
-from fedyolo.runtime.wire import ModuleWeights, encode_module
+from fedyolo.runtime.trainer import ExampleArrays
+from fedyolo.runtime.wire import ModuleWeights, module_sha256
+from fedyolo.tasks.shares import client_data_path, test_data_path
 
 POLL_S = 0.25
-EVENTS_FILE = "observer.jsonl"
-
-
-def module_sha256(weights: ModuleWeights, trainer: OrtTrainer) -> str:
-    """sha256 of the module as it travels: the safetensors body."""
-    return hashlib.sha256(encode_module(weights, trainer.task)).hexdigest()
 
 
 class Observer:
@@ -41,7 +36,7 @@ class Observer:
         self.plan, self.events = plan, events
         self.bundle = open_bundle(plan.bundle, tasks=plan.tasks)
         self.backbone = SharedBackbone(self.bundle)  # loaded once for every task
-        self.test: dict[str, Arrays] = {}
+        self.test: dict[str, ExampleArrays] = {}
         self.trainers: dict[str, OrtTrainer] = {}
         for task in plan.tasks:
             self.test[task] = load_arrays(self.bundle, task, test_data_path(Path(plan.data_dir), task))
@@ -75,7 +70,7 @@ class Observer:
             accuracy=result.accuracy,
             loss=result.loss,
             examples=result.examples,
-            sha256=module_sha256(weights, trainer),
+            sha256=module_sha256(weights, trainer.task),
         )
 
     def run(self) -> None:
@@ -96,25 +91,19 @@ class Observer:
         if len(self.plan.tasks) < 2:
             return
         a, b = self.plan.tasks[0], self.plan.tasks[1]
-        ta, tb = self.trainers[a], self.trainers[b]
-        ta.set_module(self.final[a])
-        before = evaluate_arrays(ta, self.test[a])
-        sha_before = module_sha256(ta.get_module(), ta)
+        self.events.emit("isolation_start", task=a, other=b)
+        self.trainers[a].set_module(self.final[a])
         data = load_arrays(self.bundle, b, client_data_path(Path(self.plan.data_dir), b, 0))
-        run = LocalRun(tb, 0, self.final[b], data, 1, self.plan.lr, self.plan.batch_size, self.plan.seed)
-        run.start()
-        b_loss = run.epoch()
-        after = evaluate_arrays(ta, self.test[a])
+        p = self.plan
+        beside = train_beside(
+            self.trainers[a], self.test[a], self.trainers[b], self.final[b], data, p.lr, p.batch_size, p.seed
+        )
         self.events.emit(
             "isolation",
             task=a,
             other=b,
             other_trained_examples=len(data["labels"]),
-            other_loss=b_loss,
-            sha256_before=sha_before,
-            sha256_after=module_sha256(ta.get_module(), ta),
-            accuracy_before=before.accuracy,
-            accuracy_after=after.accuracy,
+            **asdict(beside),
             backbone_unchanged=sha256_file(self.bundle.backbone_path)
             == self.bundle.manifest.backbone.file.sha256,
         )
@@ -127,7 +116,7 @@ class Observer:
 def main(argv: list[str] | None = None) -> int:
     args = sys.argv[1:] if argv is None else argv
     plan = WorkerPlan.read(Path(args[0]))
-    events = Events(Path(plan.events_dir) / EVENTS_FILE)
+    events = Events(Path(plan.events_dir) / OBSERVER_EVENTS)
     try:
         observer = Observer(plan, events)
         try:

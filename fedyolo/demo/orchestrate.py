@@ -15,66 +15,28 @@ import os
 import platform
 import shutil
 import time
-from dataclasses import asdict, dataclass
-from pathlib import Path
+from dataclasses import asdict
 from typing import Any
 
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
 from fedyolo.demo.chaos import KillPlan, kill_and_restart, nan_update
+from fedyolo.demo.config import DemoConfig
 from fedyolo.demo.launch import Launch, log_tail
-from fedyolo.demo.plan import ensure_bundle, plan_task, write_plan
 from fedyolo.demo.results import TaskRun, task_result
 from fedyolo.demo.watch import ClientView
 from fedyolo.demo.worker import WorkerPlan
+from fedyolo.export.reuse import ensure_bundle
 from fedyolo.runtime.bundle import Bundle
 from fedyolo.runtime.client import FederationClient
 from fedyolo.runtime.errors import FedyoloError
 from fedyolo.runtime.http_transport import Connection, FederationError, RetryPolicy
+from fedyolo.tasks.shares import share_task, write_shares
 
 TICK_S = 0.1
 STATUS_EVERY_S = 0.5
 RUN_MARKER = ".fedyolo-demo-run"
-
-
-@dataclass(frozen=True)
-class DemoConfig:
-    """Everything `fedyolo demo` decides. Defaults fit 2 CPU cores in well under 10 minutes (README)."""
-
-    clients: int = 4
-    alpha: float = 1.0
-    rounds: int = 4
-    local_epochs: int = 1
-    module: str = "lora"
-    tasks: tuple[str, ...] = ("topics", "language")
-    backbone: str = "minilm"
-    out: Path = Path("demo_out")
-    chaos: bool = False
-    seed: int = 0
-    port: int = 0
-    lr: float = 2e-3
-    batch_size: int = 16
-    max_length: int = 24
-    train_per_task: int = 1500
-    test_per_task: int = 600
-    round_deadline_s: float = 300.0
-    timeout_s: float = 1500.0
-
-    def __post_init__(self) -> None:
-        problems = []
-        if self.clients < 1 or self.rounds < 1 or self.local_epochs < 1 or self.batch_size < 1:
-            problems.append("--clients, --rounds, --local-epochs and --batch-size must be at least 1")
-        if self.chaos and self.clients < 2:
-            problems.append("--chaos kills one client mid-round: use --clients 2 or more")
-        if not self.tasks or len(set(self.tasks)) != len(self.tasks):
-            problems.append("--tasks must name one task or more, each once (e.g. topics,language)")
-        if not (self.alpha > 0 and self.lr > 0):
-            problems.append("--alpha and --lr must be positive")
-        if not 0 <= self.port < 65536:
-            problems.append("--port must be 0 (any free port) or a port number")
-        if problems:
-            raise FedyoloError("; ".join(problems))
 
 
 class Demo:
@@ -91,6 +53,8 @@ class Demo:
         self.failures: list[dict[str, Any]] = []
         self.isolation: dict[str, Any] | None = None
         self.baseline_state = "starting"
+        self.observer_state = "waiting for the first module"
+        self.announced_wait = False
         self.local_epochs_done = 0
         self.times: dict[str, float] = {}
         self.bundle: Bundle | None = None
@@ -125,27 +89,27 @@ class Demo:
         self.run_dir.mkdir(parents=True)
         (self.run_dir / RUN_MARKER).write_text("made by fedyolo demo; removed by the next run\n")
         for name in c.tasks:
-            plan = plan_task(name, c.clients, c.alpha, c.seed, c.train_per_task, c.test_per_task)
-            self.tasks[plan.task_id] = TaskRun(plan)
-            sizes = ", ".join(str(len(s)) for s in plan.shares)
+            data = share_task(name, c.clients, c.alpha, c.seed, c.train_per_task, c.test_per_task)
+            self.tasks[data.task_id] = TaskRun(data)
+            sizes = ", ".join(str(len(s)) for s in data.shares)
             cut = (
-                f" (cut from {plan.train_available}, stratified, seed {c.seed})"
-                if plan.train_used < plan.train_available
+                f" (cut from {data.train_available}, stratified, seed {c.seed})"
+                if data.train_used < data.train_available
                 else ""
             )
-            tcut = f" of {plan.test_available}" if len(plan.test) < plan.test_available else ""
+            tcut = f" of {data.test_available}" if len(data.test) < data.test_available else ""
             self.console.print(
-                f"task [bold]{plan.task_id}[/]: {len(plan.labels)} labels, {plan.train_used} train examples"
-                f"{cut}, {len(plan.test)}{tcut} held out; clients (alpha {c.alpha:g}): {sizes}"
+                f"task [bold]{data.task_id}[/]: {len(data.labels)} labels, {data.train_used} train examples"
+                f"{cut}, {len(data.test)}{tcut} held out; clients (alpha {c.alpha:g}): {sizes}"
             )
-            write_plan(plan, self.run_dir / "data")
+            write_shares(data, self.run_dir / "data")
         t = time.monotonic()
         self.console.print(
             f"exporting {c.backbone} + one {c.module} module per task into {self.out / 'bundle'} ..."
         )
         self.bundle, self.exported = ensure_bundle(
             self.out / "bundle",
-            [r.plan for r in self.tasks.values()],
+            {task_id: r.data.labels for task_id, r in self.tasks.items()},
             c.backbone,
             c.module,
             c.max_length,
@@ -220,6 +184,7 @@ class Demo:
             rows[name] = progress.add_task(f"  {name}", total=100, info="starting")
         baseline_total = len(self.tasks) * c.clients * c.rounds * c.local_epochs
         rows["baseline"] = progress.add_task("local baseline", total=baseline_total, info="starting")
+        rows["observer"] = progress.add_task("observer", total=None, info=self.observer_state)
         deadline = time.monotonic() + c.timeout_s
         next_status = 0.0
         with progress:
@@ -232,14 +197,16 @@ class Demo:
                         self._kill_and_restart(view)
                     progress.update(rows[view.name], completed=view.percent, info=view.describe())
                 for tail in self.launch.event_tails:
-                    for event in tail.events():
+                    for event in tail.read():
                         self._on_event(event)
                 progress.update(rows["baseline"], completed=self.local_epochs_done, info=self.baseline_state)
+                progress.update(rows["observer"], info=self.observer_state)
                 if now >= next_status:
                     next_status = now + STATUS_EVERY_S
                     self._poll_status(progress, rows)
                 if self._finished():
                     break
+                self._announce_wait(baseline_total)
                 if now > deadline:
                     self.failures.append(
                         {"kind": "timeout", "detail": f"the demo ran past --timeout {c.timeout_s:.0f} s"}
@@ -304,11 +271,28 @@ class Demo:
         run.extra_downloads[view.round] = run.extra_downloads.get(view.round, 0) + 1
         self.chaos_events += kill_and_restart(self.launch.children, view, self.console)
 
+    def _announce_wait(self, baseline_total: int) -> None:
+        """Once the rounds are over, say what the demo still waits for (it can take minutes)."""
+        if self.announced_wait or not all(r.status.get("status") == "finished" for r in self.tasks.values()):
+            return
+        self.announced_wait = True
+        running = {c.name for c in self.launch.children.running()}
+        left = []
+        if any(name.startswith("baseline-") for name in running):
+            left.append(
+                f"the fully-local baseline ({self.local_epochs_done} of {baseline_total} client epochs done)"
+            )
+        if "observer" in running:
+            left.append("the observer (held-out accuracy of the last modules, then the no-forgetting check)")
+        if left:
+            self.console.print(f"federated rounds finished; waiting for {' and '.join(left)}")
+
     def _on_event(self, event: dict[str, Any]) -> None:
         kind = event["event"]
         if kind == "eval":
             run = self.tasks[event["task"]]
             run.evals[int(event["version"])] = event
+            self.observer_state = f"evaluated {event['task']} v{event['version']}"
             self.console.print(
                 f"{event['task']}: module v{event['version']} held-out accuracy {event['accuracy']:.1%} "
                 f"({event['examples']} examples)"
@@ -321,8 +305,16 @@ class Demo:
         elif kind == "local_done":
             self.tasks[event["task"]].local.append(event)
             self.baseline_state = f"{event['task']} client {event['client']}: {event['accuracy']:.1%}"
+            self.console.print(
+                f"{event['task']}: client {event['client']} alone, {event['epochs']} epochs on its own share: "
+                f"held-out accuracy {event['accuracy']:.1%}"
+            )
+        elif kind == "isolation_start":
+            self.observer_state = f"no-forgetting check: training {event['other']} beside {event['task']}"
+            self.console.print(f"observer: {self.observer_state}")
         elif kind == "isolation":
             self.isolation = event
+            self.observer_state = "no-forgetting check done"
         elif kind == "error":
             self.failures.append({"kind": "worker_failed", "detail": event["detail"]})
             self.console.print(f"[red]a demo worker failed[/]: {event['detail']}")

@@ -6,15 +6,15 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from fedyolo.demo.plan import TaskPlan
 from fedyolo.runtime.manifest import TaskSpec
+from fedyolo.tasks.shares import TaskShares
 
 
 @dataclass
 class TaskRun:
     """One task as the run goes: the server's view, the observer's evaluations, the local baseline."""
 
-    plan: TaskPlan
+    data: TaskShares
     status: dict[str, Any] = field(default_factory=dict)
     evals: dict[int, dict[str, Any]] = field(default_factory=dict)  # module version -> held-out metrics
     local: list[dict[str, Any]] = field(default_factory=list)
@@ -56,12 +56,12 @@ def task_result(run: TaskRun, spec: TaskSpec, full_model_bytes: int) -> dict[str
     down_bytes = sum(r.get("downloaded_bytes", 0) for r in rows)
     local = sorted(run.local, key=lambda e: e["client"])
     return {
-        "labels": len(run.plan.labels),
-        "train_used": run.plan.train_used,
-        "train_available": run.plan.train_available,
-        "test_used": len(run.plan.test),
-        "test_available": run.plan.test_available,
-        "client_sizes": [len(s) for s in run.plan.shares],
+        "labels": len(run.data.labels),
+        "train_used": run.data.train_used,
+        "train_available": run.data.train_available,
+        "test_used": len(run.data.test),
+        "test_available": run.data.test_available,
+        "client_sizes": [len(s) for s in run.data.shares],
         "module_kind": spec.module_kind,
         "module_bytes_on_wire": wire,
         "rounds": rows,

@@ -13,6 +13,14 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from fedyolo.runtime.events import JsonLinesWriter
+
+OBSERVER_EVENTS = "observer.jsonl"
+
+
+def baseline_events(worker: int) -> str:
+    return f"baseline-{worker}.jsonl"
+
 
 @dataclass(frozen=True)
 class WorkerPlan:
@@ -42,16 +50,8 @@ class WorkerPlan:
         return [(task, c) for task in self.tasks for c in range(self.clients)]
 
 
-class Events:
-    """Append-only JSON lines; each line is flushed whole, so a reader never sees half an event."""
-
-    def __init__(self, path: Path) -> None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        self._f = path.open("a", encoding="utf-8")
+class Events(JsonLinesWriter):
+    """A worker's events: JSON lines with the event's kind and time."""
 
     def emit(self, event: str, **fields: Any) -> None:
-        self._f.write(json.dumps({"event": event, "time": time.time(), **fields}) + "\n")
-        self._f.flush()
-
-    def close(self) -> None:
-        self._f.close()
+        self.write({"event": event, "time": time.time(), **fields})

@@ -15,6 +15,7 @@ from fedyolo.runtime.errors import DataError
 from fedyolo.tasks.partition import dirichlet_partition, label_entropy
 from fedyolo.tasks.task import (
     BUILTIN_TASKS,
+    IMAGE_SUFFIXES,
     TaskData,
     load_task,
     task_from_file,
@@ -31,6 +32,12 @@ def resolve_task(name: str) -> TaskData:
     if name in BUILTIN_TASKS:
         return load_task(name)
     path = Path(name)
+    if path.suffix.lower() in IMAGE_SUFFIXES:
+        raise DataError(
+            f"{path}: an image task; sharing a task among clients (fedyolo data, demo, simulate) takes text "
+            "(JSONL/CSV) only for now. Export it with `fedyolo export onnx --data`, then train it with "
+            "`fedyolo train` or `fedyolo client`, which take the .npz"
+        )
     if path.suffix.lower() in JSONL_SUFFIXES + CSV_SUFFIXES or path.exists():
         return task_from_file(path)
     raise unknown_task_error(name)

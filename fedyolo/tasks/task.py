@@ -24,11 +24,16 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from fedyolo.runtime.data import CSV_SUFFIXES, JSONL_SUFFIXES, Example, read_examples
+from fedyolo.runtime.data import CSV_SUFFIXES, JSONL_SUFFIXES, Example, read_examples, read_image_arrays
 from fedyolo.runtime.errors import DataError
 from fedyolo.tasks import corpus
 from fedyolo.tasks.split import dedupe, held_out_split
 
+IMAGE_SUFFIXES = (".npz",)
+DATA_FORMATS = (
+    'JSONL (.jsonl, one {"text": ..., "label": ...} object a line) or CSV (.csv, columns text,label) for '
+    "text; .npz (pixel_values [N, C, H, W] and labels) for images"
+)
 TEST_FRACTION = 0.2
 SPLIT_SEED = 0  # the built-in test splits are part of the benchmark: never change this
 
@@ -105,6 +110,22 @@ def task_from_file(
         raise DataError(f"test fraction {test_fraction} is not between 0 and 1; use e.g. 0.2")
     train, test = held_out_split(examples, test_fraction, seed)
     return TaskData(name=name or Path(path).stem, labels=labels, train=train, test=test)
+
+
+def labels_from_file(path: str | os.PathLike[str]) -> tuple[str, ...]:
+    """The labels of a task's data file, in the order the task numbers them: JSONL/CSV of texts (as
+    `task_from_file` reads them) or a .npz of images (sorted; integer labels by value)."""
+    p = Path(path)
+    suffix = p.suffix.lower()
+    if suffix in IMAGE_SUFFIXES:
+        _, found = read_image_arrays(p)
+        labels = sorted(set(found), key=lambda x: (0, int(x), "") if x.lstrip("-").isdigit() else (1, 0, x))
+        if len(labels) < 2:
+            raise DataError(f"{p}: every image has the label {labels[0]!r}; a task needs two labels or more")
+        return tuple(labels)
+    if suffix not in JSONL_SUFFIXES + CSV_SUFFIXES:
+        raise DataError(f"{p}: unknown data format {suffix or '(no suffix)'!r}; give {DATA_FORMATS}")
+    return task_from_file(p).labels
 
 
 def write_examples(examples: Sequence[Example], path: str | os.PathLike[str]) -> Path:

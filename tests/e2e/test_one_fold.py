@@ -11,7 +11,6 @@ import pytest
 
 from fedyolo.fedserver.config import ServerConfig
 from fedyolo.fedserver.serve import serve_in_thread
-from fedyolo.fedserver.synthetic import build_bundle, head_module
 from fedyolo.runtime.bundle import open_bundle
 from fedyolo.runtime.client import FederationClient
 from fedyolo.runtime.http_transport import RetryPolicy
@@ -20,6 +19,7 @@ from fedyolo.runtime.plan import STRATEGY_NAMES, FederationPlan, StrategyParams
 from fedyolo.runtime.trainer import Batch, EvalResult
 from fedyolo.runtime.wire import ModuleWeights, decode_module
 from fedyolo.simulate import Cohort, run_federation
+from tests.synthetic import build_bundle, head_module
 
 KEY = "one-fold-enrollment-key-0123456789"
 EXAMPLES = [7, 30, 2]  # per client: the weights of the mean

@@ -3,6 +3,7 @@ task carries only its module, and two tasks resident in one process share one ba
 
 from __future__ import annotations
 
+import hashlib
 import os
 import shutil
 from dataclasses import dataclass
@@ -286,6 +287,44 @@ def test_a_failed_task_export_leaves_the_bundle_as_it_was(
 
     # Assert: byte for byte the previous bundle, no staged or old task folder left behind
     assert snapshot(bundle_copy) == before
+
+
+def test_a_second_task_builds_and_hashes_the_backbone_once(
+    bundle_copy: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Prepare: count every backbone.bin built, every sha256 of it, and every file hashed from disk
+    from fedyolo.export import backbone_store
+    from fedyolo.runtime import manifest
+
+    builds: list[int] = []
+    blob_hashes: list[int] = []
+    files_hashed: list[str] = []
+    build, sha256, sha256_file = backbone_store.backbone_bytes, hashlib.sha256, manifest.sha256_file
+
+    def counting_build(arrays: dict[str, np.ndarray]) -> tuple[bytes, tuple[manifest.TensorSpec, ...]]:
+        builds.append(1)
+        return build(arrays)
+
+    def counting_sha256(data: bytes = b"") -> hashlib._Hash:
+        blob_hashes.append(len(data))
+        return sha256(data)
+
+    def counting_file(path: str | os.PathLike[str]) -> str:
+        files_hashed.append(Path(path).name)
+        return sha256_file(path)
+
+    monkeypatch.setattr(backbone_store, "backbone_bytes", counting_build)
+    monkeypatch.setattr(backbone_store.hashlib, "sha256", counting_sha256)
+    monkeypatch.setattr(manifest, "sha256_file", counting_file)
+
+    # Execute
+    export_onnx(bundle_copy, "second", OTHER_LABELS, backbone="tiny-bert", module="head", show_progress=False)
+
+    # Assert: built once and hashed once in memory; backbone.bin is compared, never hashed from disk
+    backbone_bytes = (bundle_copy / BACKBONE_FILE).stat().st_size
+    assert builds == [1]
+    assert blob_hashes.count(backbone_bytes) == 1
+    assert "backbone.bin" not in files_hashed
 
 
 def test_a_failed_new_bundle_leaves_nothing_behind(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -16,11 +16,11 @@ from fastapi.testclient import TestClient
 
 from fedyolo.fedserver.app import create_app
 from fedyolo.fedserver.config import ServerConfig
-from fedyolo.fedserver.synthetic import build_bundle
 from fedyolo.runtime.bundle import open_bundle
 from fedyolo.runtime.manifest import TaskSpec
 from fedyolo.runtime.plan import FederationPlan
 from fedyolo.runtime.wire import ModuleWeights, encode_module
+from tests.synthetic import build_bundle
 
 ENROLL_KEY = "test-enroll-key-0123456789"
 SMALL_MODULE = {"adapter.down": (64, 16), "adapter.up": (16, 64), "head.weight": (5, 64), "head.bias": (5,)}

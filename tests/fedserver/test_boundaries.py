@@ -31,7 +31,6 @@ def test_fedserver_imports_no_ml_framework() -> None:
         "fedyolo.fedserver.app",
         "fedyolo.fedserver.serve",
         "fedyolo.fedserver.__main__",
-        "fedyolo.fedserver.synthetic",
     )
     assert "fastapi" in roots and "uvicorn" in roots
     assert not roots & {"torch", "onnxruntime", "executorch", "transformers", "onnx"}

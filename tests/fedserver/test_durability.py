@@ -23,9 +23,9 @@ import pytest
 
 from fedyolo.fedserver.config import ServerConfig
 from fedyolo.fedserver.store import DB_NAME
-from fedyolo.fedserver.synthetic import ADAPTER_MODULE, build_bundle
 from fedyolo.runtime.plan import FederationPlan
 from fedyolo.runtime.wire import encode_module
+from tests.synthetic import ADAPTER_MODULE, build_bundle
 
 from .conftest import (
     ENROLL_KEY,

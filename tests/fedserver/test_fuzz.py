@@ -12,8 +12,8 @@ import pytest
 
 from fedyolo.fedserver.config import ServerConfig
 from fedyolo.fedserver.serve import serve_in_thread
-from fedyolo.fedserver.synthetic import build_bundle, head_module
 from fedyolo.runtime.plan import FederationPlan
+from tests.synthetic import build_bundle, head_module
 
 from .conftest import ENROLL_KEY
 

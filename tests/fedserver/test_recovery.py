@@ -15,7 +15,7 @@ from fedyolo.fedserver.app import create_app
 from fedyolo.fedserver.config import ServerConfig
 from fedyolo.fedserver.errors import ServerConfigError
 from fedyolo.fedserver.rounds import Rounds
-from fedyolo.fedserver.synthetic import build_bundle
+from tests.synthetic import build_bundle
 
 from .conftest import (
     Api,

@@ -13,11 +13,11 @@ from fedyolo.fedserver.clients import Clients
 from fedyolo.fedserver.config import ServerConfig
 from fedyolo.fedserver.rounds import Rounds
 from fedyolo.fedserver.store import Store
-from fedyolo.fedserver.synthetic import build_bundle
 from fedyolo.fedserver.uploads import Update
 from fedyolo.runtime.bundle import open_bundle
 from fedyolo.runtime.plan import FederationPlan
 from fedyolo.runtime.wire import encode_module
+from tests.synthetic import build_bundle
 
 from .conftest import ENROLL_KEY, random_module, recompute_from_scratch, stored_versions
 

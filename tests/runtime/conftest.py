@@ -9,13 +9,13 @@ import numpy as np
 import pytest
 
 from fedyolo.fedserver.config import ServerConfig
-from fedyolo.fedserver.synthetic import build_bundle, head_module
 from fedyolo.runtime.bundle import Bundle
 from fedyolo.runtime.http_transport import RetryPolicy
 from fedyolo.runtime.manifest import TaskSpec
 from fedyolo.runtime.plan import FederationPlan
-from fedyolo.runtime.trainer import Batch, EvalResult
+from fedyolo.runtime.trainer import Batch, EvalResult, ExampleArrays
 from fedyolo.runtime.wire import ModuleWeights, check_module
+from tests.synthetic import build_bundle, head_module
 
 KEY = "client-test-enroll-key-01234"
 LABELS, HIDDEN, VOCAB, SEQ = 5, 32, 200, 12
@@ -78,7 +78,7 @@ class SoftmaxTrainer:
         self.lr = lr
 
 
-def make_data(n: int, seed: int, label_probs: np.ndarray | None = None) -> Batch:
+def make_data(n: int, seed: int, label_probs: np.ndarray | None = None) -> ExampleArrays:
     """Each label owns a block of 40 tokens; an example draws ~85 % of its tokens from its label's block."""
     rng = np.random.default_rng(seed)
     labels = rng.choice(LABELS, size=n, p=label_probs)

@@ -17,15 +17,16 @@ from fedyolo.fedserver.config import ServerConfig
 from fedyolo.fedserver.serve import serve_in_thread
 from fedyolo.runtime import client as client_module
 from fedyolo.runtime.bundle import Bundle
-from fedyolo.runtime.client import FederationClient, PendingUpdate, Progress
+from fedyolo.runtime.client import FederationClient, PendingUpdate
 from fedyolo.runtime.errors import FedyoloError
-from fedyolo.runtime.trainer import Batch
+from fedyolo.runtime.events import ClientEvent
+from fedyolo.runtime.trainer import ExampleArrays
 from fedyolo.runtime.wire import ModuleWeights
 
 from .conftest import FAST, KEY, SoftmaxTrainer, make_data
 
 
-def accuracy(bundle: Bundle, weights: ModuleWeights, data: Batch) -> float:
+def accuracy(bundle: Bundle, weights: ModuleWeights, data: ExampleArrays) -> float:
     trainer = SoftmaxTrainer(bundle, "topics")
     trainer.set_module(weights)
     return trainer.evaluate([data]).accuracy
@@ -36,7 +37,7 @@ def test_three_clients_federate_and_the_global_module_learns(tmp_path: Path, con
     skews = [np.array([0.45, 0.45, 0.04, 0.03, 0.03]), np.array([0.03, 0.04, 0.45, 0.45, 0.03]), None]
     datas = [make_data(120, seed=i, label_probs=p) for i, p in enumerate(skews)]
     test = make_data(400, seed=99)
-    events: list[Progress] = []
+    events: list[ClientEvent] = []
     results: dict[int, Any] = {}
     errors: list[BaseException] = []
     with serve_in_thread(config) as url:
@@ -44,7 +45,7 @@ def test_three_clients_federate_and_the_global_module_learns(tmp_path: Path, con
         def device(i: int) -> None:
             try:
                 with FederationClient(
-                    url, state_dir=tmp_path / f"client{i}", on_progress=events.append, retry=FAST
+                    url, state_dir=tmp_path / f"client{i}", on_event=events.append, retry=FAST
                 ) as c:
                     c.register(KEY)
                     bundle = c.sync_bundle(tmp_path / "cache", tasks=["topics"])

@@ -3,6 +3,7 @@ downloads that resume, re-fetch what arrived damaged and never write outside the
 
 from __future__ import annotations
 
+import os
 from contextlib import ExitStack
 from pathlib import Path
 
@@ -11,7 +12,8 @@ import pytest
 
 from fedyolo.fedserver.config import ServerConfig
 from fedyolo.fedserver.serve import serve_in_thread
-from fedyolo.runtime.client import FederationClient, PendingUpdate, Progress
+from fedyolo.runtime.client import FederationClient, PendingUpdate
+from fedyolo.runtime.events import ClientEvent
 from fedyolo.runtime.http_transport import Connection, FederationError, RetryPolicy
 
 from .conftest import FAST, KEY
@@ -90,10 +92,10 @@ def test_bundle_sync_resumes_a_partial_download_and_fetches_each_file_once(
     cache = tmp_path / "cache"
     (cache / "backbone").mkdir(parents=True)
     (cache / "backbone" / "backbone.bin.part").write_bytes(backbone[: len(backbone) // 2])
-    events: list[Progress] = []
+    events: list[ClientEvent] = []
     with (
         serve_in_thread(config) as url,
-        FederationClient(url, state_dir=tmp_path / "c", on_progress=events.append) as c,
+        FederationClient(url, state_dir=tmp_path / "c", on_event=events.append) as c,
     ):
         c.register(KEY)
         # Execute
@@ -107,6 +109,34 @@ def test_bundle_sync_resumes_a_partial_download_and_fetches_each_file_once(
     assert (cache / "backbone" / "backbone.bin").read_bytes() == backbone
     assert not [e for e in events if e.stage == "download"]  # nothing travels twice
     assert first.manifest == second.manifest
+
+
+def test_a_client_start_on_a_cached_bundle_hashes_each_file_once(
+    tmp_path: Path, config: ServerConfig, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Prepare: a cache filled by an earlier start, and a count of every file hashed
+    from fedyolo.runtime import bundle, client
+
+    hashed: list[str] = []
+    real = client.sha256_file
+
+    def counting(path: str | os.PathLike[str]) -> str:
+        hashed.append(Path(path).name)
+        return real(path)
+
+    with serve_in_thread(config) as url, FederationClient(url, state_dir=tmp_path / "c") as c:
+        c.register(KEY)
+        c.sync_bundle(tmp_path / "cache")
+        monkeypatch.setattr(client, "sha256_file", counting)
+        monkeypatch.setattr(bundle, "sha256_file", counting)
+
+        # Execute
+        opened = c.sync_bundle(tmp_path / "cache")
+
+    # Assert: the backbone (and every other file) read once, and the bundle opened all the same
+    assert hashed.count("backbone.bin") == 1
+    assert len(hashed) == len(set(hashed))
+    assert opened.manifest.tasks
 
 
 def test_a_corrupt_partial_download_is_detected_and_fetched_again(

@@ -16,7 +16,7 @@ from fedyolo.runtime.local import encode_examples
 from fedyolo.runtime.manifest import MODULE_WEIGHTS
 from fedyolo.runtime.ort_trainer import OrtTrainer
 from fedyolo.runtime.plan import RoundPlan
-from fedyolo.runtime.trainer import Batch
+from fedyolo.runtime.trainer import ExampleArrays
 from fedyolo.runtime.wire import ModuleWeights, decode_module
 from fedyolo.tasks import load_task
 
@@ -31,7 +31,7 @@ def bundle(tiny_bert_bundle: Path) -> Bundle:
 
 
 @pytest.fixture(scope="module")
-def data(bundle: Bundle) -> Batch:
+def data(bundle: Bundle) -> ExampleArrays:
     return encode_examples(bundle, bundle.task("topics"), load_task("topics").train[:48])
 
 
@@ -39,7 +39,7 @@ def initial(bundle: Bundle) -> ModuleWeights:
     return decode_module(bundle.task_file("topics", MODULE_WEIGHTS).read_bytes(), bundle.task("topics"))
 
 
-def trained(trainer: OrtTrainer, data: Batch, mu: float) -> ModuleWeights:
+def trained(trainer: OrtTrainer, data: ExampleArrays, mu: float) -> ModuleWeights:
     """The module after one round of `ROUND` with FedProx's `mu`, from the bundle's initial module."""
     train_round(
         trainer, initial(trainer.bundle), data, replace(ROUND, proximal_mu=mu), np.random.default_rng(0)
@@ -83,7 +83,7 @@ def test_the_ort_trainer_applies_fedprox_itself(bundle: Bundle) -> None:
     assert isinstance(OrtTrainer(bundle, "topics", threads=1), ProximalTrainer)
 
 
-def test_a_negligible_mu_trains_like_plain_fedavg(bundle: Bundle, data: Batch) -> None:
+def test_a_negligible_mu_trains_like_plain_fedavg(bundle: Bundle, data: ExampleArrays) -> None:
     # Prepare
     trainer = OrtTrainer(bundle, "topics", threads=1)
 
@@ -97,7 +97,7 @@ def test_a_negligible_mu_trains_like_plain_fedavg(bundle: Bundle, data: Batch) -
         np.testing.assert_allclose(proximal[name], plain[name], rtol=0, atol=1e-6)
 
 
-def test_a_large_mu_keeps_the_module_near_the_global_one(bundle: Bundle, data: Batch) -> None:
+def test_a_large_mu_keeps_the_module_near_the_global_one(bundle: Bundle, data: ExampleArrays) -> None:
     # Prepare
     trainer = OrtTrainer(bundle, "topics", threads=1)
     start = initial(bundle)
@@ -109,7 +109,7 @@ def test_a_large_mu_keeps_the_module_near_the_global_one(bundle: Bundle, data: B
     assert drift[50.0] < 0.5 * drift[0.0]
 
 
-def test_a_new_round_drops_the_last_rounds_pull(bundle: Bundle, data: Batch) -> None:
+def test_a_new_round_drops_the_last_rounds_pull(bundle: Bundle, data: ExampleArrays) -> None:
     # Prepare: a trainer left pulling hard towards some other module
     fresh = OrtTrainer(bundle, "topics", threads=1)
     reused = OrtTrainer(bundle, "topics", threads=1)

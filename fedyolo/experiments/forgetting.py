@@ -4,22 +4,25 @@ sequence, over the same frozen backbone and the same training recipe.
 The shared module has one head over both label sets (`joint_labels`, e.g. ``topics:greetings`` and
 ``language:english``), so it is scored two ways: over every label (what a single shared model would
 answer) and within the first task's labels only (the kinder, task-aware score).
+
+`train_beside` is the demo's quick form of the same check: one epoch of a second task in the process
+that holds the first task's module, which must stay bit-identical.
 """
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
 
-from fedyolo.demo.plan import initial_module
-from fedyolo.runtime.bundle import Bundle
+from fedyolo.experiments.local_baseline import LocalRun
+from fedyolo.runtime.bundle import Bundle, initial_module
 from fedyolo.runtime.data import Example, iter_batches
-from fedyolo.runtime.local import Arrays, encode_examples, evaluate_arrays, train_epochs
+from fedyolo.runtime.local import encode_examples, evaluate_arrays, train_epochs
 from fedyolo.runtime.ort_trainer import OrtTrainer, SharedBackbone
-from fedyolo.runtime.wire import encode_module
+from fedyolo.runtime.trainer import ExampleArrays, Trainer
+from fedyolo.runtime.wire import ModuleWeights, module_sha256
 
 SEP = ":"
 
@@ -34,7 +37,7 @@ def relabel(examples: Sequence[Example], task_id: str) -> list[Example]:
 
 
 def accuracy_within(
-    trainer: OrtTrainer, arrays: Arrays, columns: Sequence[int], batch_size: int = 64
+    trainer: OrtTrainer, arrays: ExampleArrays, columns: Sequence[int], batch_size: int = 64
 ) -> float:
     """Accuracy when the answer is the best of `columns` only (the labels of one task)."""
     cols = np.asarray(columns)
@@ -73,10 +76,6 @@ class ForgettingResult:
     shared_second: float
 
 
-def _sha(trainer: OrtTrainer) -> str:
-    return hashlib.sha256(encode_module(trainer.get_module(), trainer.task)).hexdigest()
-
-
 def run_forgetting(
     bundle: Bundle,
     first: TaskSplit,
@@ -96,7 +95,7 @@ def run_forgetting(
         trainer.set_module(initial_module(bundle, task_id))
         return trainer
 
-    def arrays(task_id: str, examples: Sequence[Example]) -> Arrays:
+    def arrays(task_id: str, examples: Sequence[Example]) -> ExampleArrays:
         return encode_examples(bundle, bundle.task(task_id), list(examples), task_id)
 
     # One module per task, both resident over the same backbone.
@@ -104,9 +103,12 @@ def run_forgetting(
     a_train, a_test = arrays(first.task_id, first.train), arrays(first.task_id, first.test)
     b_train, b_test = arrays(second.task_id, second.train), arrays(second.task_id, second.test)
     train_epochs(ta, a_train, epochs, batch_size, seed)
-    separate_before, sha_before = evaluate_arrays(ta, a_test).accuracy, _sha(ta)
+    separate_before, sha_before = (
+        evaluate_arrays(ta, a_test).accuracy,
+        module_sha256(ta.get_module(), ta.task),
+    )
     train_epochs(tb, b_train, epochs, batch_size, seed)
-    separate_after, sha_after = evaluate_arrays(ta, a_test).accuracy, _sha(ta)
+    separate_after, sha_after = evaluate_arrays(ta, a_test).accuracy, module_sha256(ta.get_module(), ta.task)
     separate_second = evaluate_arrays(tb, b_test).accuracy
 
     # One shared module, trained on the first task, then on the second.
@@ -136,3 +138,34 @@ def run_forgetting(
         shared_after_within=accuracy_within(ts, sa_test, columns),
         shared_second=evaluate_arrays(ts, sb_test).accuracy,
     )
+
+
+@dataclass(frozen=True)
+class Beside:
+    """Task A's module and held-out accuracy before and after task B trained beside it, over one backbone."""
+
+    sha256_before: str
+    sha256_after: str
+    accuracy_before: float
+    accuracy_after: float
+    other_loss: float  # task B's mean training loss
+
+
+def train_beside(
+    a: Trainer,
+    a_test: ExampleArrays,
+    b: Trainer,
+    b_module: ModuleWeights,
+    b_train: ExampleArrays,
+    lr: float,
+    batch_size: int,
+    seed: int,
+) -> Beside:
+    """Train task B for one epoch from `b_module` while `a` holds task A's module; A must not move."""
+    before = evaluate_arrays(a, a_test)
+    sha_before = module_sha256(a.get_module(), a.task)
+    run = LocalRun(b, 0, b_module, b_train, 1, lr, batch_size, seed)
+    run.start()
+    loss = run.epoch()
+    after = evaluate_arrays(a, a_test)
+    return Beside(sha_before, module_sha256(a.get_module(), a.task), before.accuracy, after.accuracy, loss)

@@ -6,10 +6,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from fedyolo.demo.forgetting import TaskSplit, joint_labels, run_forgetting
-from fedyolo.demo.plan import stratified_sample
+from fedyolo.experiments.forgetting import TaskSplit, joint_labels, run_forgetting
 from fedyolo.runtime.bundle import open_bundle
 from fedyolo.tasks import load_task
+from fedyolo.tasks.shares import stratified_sample
 
 
 def test_separate_modules_do_not_forget_a_shared_one_does(tmp_path: Path) -> None:
