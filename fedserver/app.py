@@ -43,7 +43,7 @@ from fedyolo.fedserver.schemas import (
     TaskList,
     UpdateAccepted,
 )
-from fedyolo.fedserver.store import Store
+from fedyolo.fedserver.store import Store, start_up_errors
 from fedyolo.fedserver.uploads import Update
 from fedyolo.runtime.bundle import Bundle, open_bundle
 from fedyolo.runtime.manifest import BACKBONE_FILE, MANIFEST_NAME, TOKENIZER_FILE, FileEntry, file_entry
@@ -173,7 +173,8 @@ def create_app(config: ServerConfig, recover: bool = True) -> FastAPI:
     store = Store(config.state_dir)
     rounds = Rounds(config, bundle, store)
     if recover:
-        rounds.recover()
+        with start_up_errors(config.state_dir):
+            rounds.recover()
     aggregator = Aggregator(rounds)
     signal = RoundSignal(rounds)
     clients = Clients(store, config.enroll_key)
