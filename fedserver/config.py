@@ -43,6 +43,12 @@ class ServerConfig:
         When > 0, each update's change to the global module is scaled down to this L2 norm.
     max_long_poll_s
         The longest a `GET .../round?wait_s=` is held before it answers anyway.
+    max_header_bytes
+        Cap of a request's line and headers; over it: 431 and the connection closes.
+    read_timeout_s
+        A request (head and body) must arrive whole this soon after its first byte, else 408.
+    max_connections
+        Open connections per server process; a request beyond gets 503 `server_busy`.
     """
 
     bundle_dir: Path
@@ -62,6 +68,9 @@ class ServerConfig:
     clip_norm: float = 0.0
     enroll_key: str = ""
     max_long_poll_s: float = 30.0
+    max_header_bytes: int = 32 * 1024
+    read_timeout_s: float = 30.0
+    max_connections: int = 1000
 
     def __post_init__(self) -> None:
         problems = []
@@ -81,6 +90,10 @@ class ServerConfig:
             problems.append("lr must be positive; proximal_mu and clip_norm must not be negative")
         if self.max_update_bytes < 0 or self.max_examples < 1:
             problems.append("max_update_bytes must not be negative and max_examples must be at least 1")
+        if self.max_header_bytes < 1024 or self.read_timeout_s <= 0 or self.max_connections < 1:
+            problems.append(
+                "max_header_bytes must be at least 1024, read_timeout_s positive, max_connections at least 1"
+            )
         if len(self.enroll_key) < 16:
             problems.append(
                 "the enrollment key must have at least 16 characters (leave it out to generate one)"

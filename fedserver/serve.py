@@ -18,6 +18,7 @@ from fedyolo.fedserver.app import CONFIG_ENV, create_app
 from fedyolo.fedserver.clients import new_enroll_key
 from fedyolo.fedserver.config import ServerConfig
 from fedyolo.fedserver.errors import ServerConfigError
+from fedyolo.fedserver.http_limits import HttpLimits, protocol
 from fedyolo.fedserver.rounds import Rounds
 from fedyolo.fedserver.store import Store, start_up_errors
 from fedyolo.fedserver.strategies import StrategyParams
@@ -53,6 +54,7 @@ def serve(
         "log_level": log_level,
         "access_log": log_level == "debug",
         "timeout_graceful_shutdown": 10,
+        **http_options(config),
     }
     if workers <= 1:
         uvicorn.run(create_app(config), **options)
@@ -60,6 +62,12 @@ def serve(
     prepare_state(config)
     os.environ[CONFIG_ENV] = config.to_json()
     uvicorn.run("fedyolo.fedserver.app:app_from_environment", factory=True, workers=workers, **options)
+
+
+def http_options(config: ServerConfig) -> dict[str, Any]:
+    """uvicorn options that bound what one connection may cost (see `http_limits`)."""
+    limits = HttpLimits(config.max_header_bytes, config.read_timeout_s, config.max_connections)
+    return {"http": protocol(limits), "backlog": min(2048, 2 * config.max_connections)}
 
 
 def prepare_state(config: ServerConfig) -> None:
@@ -94,6 +102,7 @@ def serve_in_thread(
             ssl_keyfile=None if ssl_keyfile is None else str(ssl_keyfile),
             log_level="warning",
             timeout_graceful_shutdown=5,
+            **http_options(config),
         )
     )
     thread = threading.Thread(target=server.run, name="fedserver-uvicorn", daemon=True)
@@ -150,6 +159,9 @@ def serve_command(
     ssl_keyfile: str | os.PathLike[str] | None = None,
     log_level: str = "info",
     workers: int = 1,
+    max_header_bytes: int = 32 * 1024,
+    read_timeout_s: float = 30.0,
+    max_connections: int = 1000,
 ) -> None:
     """`fedyolo serve BUNDLE`: rounds for every task of the bundle; prints the enrollment key it made.
 
@@ -176,6 +188,9 @@ def serve_command(
         max_update_bytes=max_update_bytes,
         clip_norm=clip_norm,
         enroll_key=key,
+        max_header_bytes=max_header_bytes,
+        read_timeout_s=read_timeout_s,
+        max_connections=max_connections,
     )
     if not enroll_key:
         console.print(f"enrollment key: [bold]{key}[/bold]  (kept in {state / ENROLL_KEY_FILE})")
