@@ -31,7 +31,7 @@ class HttpLimits:
     """What one connection may cost the server."""
 
     max_header_bytes: int = 32 * 1024
-    read_timeout_s: float = 30.0
+    read_timeout_s: float = 60.0
     max_connections: int = 1000
 
 

@@ -160,7 +160,7 @@ def serve_command(
     log_level: str = "info",
     workers: int = 1,
     max_header_bytes: int = 32 * 1024,
-    read_timeout_s: float = 30.0,
+    read_timeout_s: float = 60.0,
     max_connections: int = 1000,
 ) -> None:
     """`fedyolo serve BUNDLE`: rounds for every task of the bundle; prints the enrollment key it made.

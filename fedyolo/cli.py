@@ -189,7 +189,7 @@ def serve_cmd(
     ] = 32 * 1024,
     read_timeout_s: Annotated[
         float, typer.Option(help="a request must arrive whole this soon after its first byte; else 408")
-    ] = 30.0,
+    ] = 60.0,
     max_connections: Annotated[
         int, typer.Option(min=1, help="open connections per server process; beyond: 503 server_busy")
     ] = 1000,
