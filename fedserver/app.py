@@ -310,17 +310,21 @@ def create_app(config: ServerConfig, recover: bool = True) -> FastAPI:
         """Every bundle file with its sha256 and size: download each once, keep it, check it."""
         return {"files": [{"path": p, **asdict(e)} for p, e in sorted(files.items())]}
 
-    @app.api_route(
+    file_answers: dict[int | str, dict[str, Any]] = {
+        200: {"content": {OCTET: {}}},
+        206: {"description": "a byte range", "content": {OCTET: {}}},
+        304: {"description": "not modified"},
+    }
+
+    @app.head(
         "/v1/bundle/files/{path:path}",
-        methods=["GET", "HEAD"],
+        operation_id="bundle_file_head",
         tags=["bundle"],
         response_class=Response,
-        responses={
-            200: {"content": {OCTET: {}}},
-            206: {"description": "a byte range", "content": {OCTET: {}}},
-            304: {"description": "not modified"},
-        },
+        responses=file_answers,
+        summary="Bundle File Headers",
     )
+    @app.get("/v1/bundle/files/{path:path}", tags=["bundle"], response_class=Response, responses=file_answers)
     def bundle_file(path: str, request: Request, client: Client) -> Response:
         """One bundle file; ETag is its quoted sha256; `Range: bytes=start-` resumes a download."""
         entry = files.get(path)
