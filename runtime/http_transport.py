@@ -24,7 +24,7 @@ from fedyolo.runtime.manifest import FileEntry, sha256_file
 
 log = logging.getLogger(__name__)
 
-RETRY_STATUS = frozenset({429, 500, 502, 503, 504})
+RETRY_STATUS = frozenset({408, 429, 500, 502, 503, 504})  # 408: the server timed a slow request out
 CHUNK = 1 << 20
 CONTENT_RANGE = re.compile(r"^bytes (\d{1,18})-(\d{1,18})/(\d{1,18}|\*)$")
 

@@ -250,3 +250,22 @@ def test_a_module_answer_larger_than_the_module_is_refused(tmp_path: Path, bundl
     # Assert
     assert refused.value.code == "too_large"
     assert sum(served) <= task.module_bytes + (2 << 16)
+
+
+def test_a_request_the_server_timed_out_is_sent_again() -> None:
+    # Prepare: the server's read timeout cut the first try (408 request_timeout, as fedserver answers it)
+    calls: list[int] = []
+
+    def slow_once(request: httpx.Request) -> httpx.Response:
+        calls.append(1)
+        if len(calls) == 1:
+            return httpx.Response(408, json={"code": "request_timeout", "detail": "too slow"})
+        return httpx.Response(201, json={"update_id": 7})
+
+    conn = Connection(
+        "http://fed.test", retry=FAST, sleep=lambda s: None, transport=httpx.MockTransport(slow_once)
+    )
+    # Execute
+    response = conn.request("POST", "/v1/tasks/t/rounds/1/updates", content=b"x")
+    # Assert
+    assert response.status_code == 201 and len(calls) == 2
