@@ -20,6 +20,7 @@ import platform
 import random
 import sqlite3
 import statistics
+import struct
 import subprocess
 import sys
 import tempfile
@@ -59,13 +60,28 @@ def request(conn: http.client.HTTPConnection, method: str, path: str, body: byte
     return response.status, response.read()
 
 
+def distinct_body(base: bytes, serial: int) -> bytes:
+    """`base` with the first value of its first tensor replaced by `serial * 1e-7`: another sha256 each call.
+
+    The blob store keeps one file per distinct body (content-addressed), so a repeated body would cost no
+    write and no fsync; every upload of a real client differs, and so must every upload here.
+    """
+    (header_len,) = struct.unpack("<Q", base[:8])
+    start = 8 + header_len  # the first tensor's data; its dtype is float32 (fp32 wire)
+    return base[:start] + struct.pack("<f", serial * 1e-7) + base[start + 4 :]
+
+
 def client_loop(
     port: int, token: str, bodies: list[bytes], stop: threading.Event, out: dict[str, list]
 ) -> None:
-    """One device: poll the round, fetch the module, upload once per round; record latency and acks."""
+    """One device: poll the round, fetch the module, upload once per round; record latency and acks.
+
+    Each upload is a distinct body (one of `bodies` with a serial number written into it).
+    """
     conn = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
     auth = {"Authorization": f"Bearer {token}"}
     last = 0
+    serial = 0
     rng = random.Random(token)
     while not stop.is_set():
         # Long poll: the server answers when a round newer than ours is open (or after 5 s).
@@ -84,7 +100,8 @@ def client_loop(
             "Fedyolo-Metrics": '{"accuracy": 0.5, "loss": 1.0}',
             "Content-Type": "application/octet-stream",
         }
-        body = bodies[rng.randrange(len(bodies))]
+        serial += 1
+        body = distinct_body(bodies[rng.randrange(len(bodies))], serial)
         t0 = time.perf_counter()
         status, raw = request(conn, "POST", f"/v1/tasks/topics/rounds/{info['round']}/updates", body, headers)
         latency = time.perf_counter() - t0
@@ -101,7 +118,10 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--clients", type=int, default=64)
     p.add_argument("--seconds", type=float, default=20.0)
-    p.add_argument("--bodies", type=int, default=8, help="distinct update bodies per client")
+    p.add_argument(
+        "--bodies", type=int, default=2,
+        help="base update bodies per client (each upload also carries a serial number: no two are equal)",
+    )  # fmt: skip
     p.add_argument("--workers", type=int, default=2, help="server processes")
     p.add_argument(
         "--work-dir", type=Path, default=None,
@@ -177,6 +197,7 @@ def main() -> None:
 
     db = sqlite3.connect(work / "state" / DB_NAME)
     rows = db.execute("SELECT idempotency_key, round, client_id FROM updates").fetchall()
+    distinct_blobs = db.execute("SELECT COUNT(DISTINCT blob) FROM updates").fetchone()[0]
     committed = db.execute(
         "SELECT round, opened_at, committed_at FROM rounds WHERE status = 'committed' ORDER BY round"
     ).fetchall()
@@ -219,6 +240,7 @@ def main() -> None:
             "first_to_last_upload": round(1000 * (phases[1] or 0), 1),
             "close_to_commit": round(1000 * (phases[2] or 0), 1),
         },
+        "distinct_update_blobs": distinct_blobs,  # = uploads_accepted: every upload was written and fsynced
         "refused": len(out["refused"]),
         "lost": lost,
         "duplicated": duplicated,

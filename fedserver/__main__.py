@@ -32,6 +32,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--ssl-keyfile", default=None)
     p.add_argument("--log-level", default="info")
     p.add_argument("--workers", type=int, default=1, help="server processes (each uses a core)")
+    p.add_argument("--max-header-bytes", type=int, default=32 * 1024)
+    p.add_argument("--read-timeout-s", type=float, default=60.0)
+    p.add_argument("--max-connections", type=int, default=1000)
     args = vars(p.parse_args(argv))
     logging.basicConfig(
         level=args["log_level"].upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"

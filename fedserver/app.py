@@ -24,6 +24,7 @@ from fastapi.responses import FileResponse, JSONResponse, Response
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.requests import ClientDisconnect
 
 import fedyolo
 from fedyolo.fedserver.aggregator import Aggregator
@@ -31,7 +32,7 @@ from fedyolo.fedserver.clients import Clients
 from fedyolo.fedserver.config import ServerConfig
 from fedyolo.fedserver.errors import CODES, ApiError
 from fedyolo.fedserver.reports import round_history, server_status
-from fedyolo.fedserver.rounds import Rounds
+from fedyolo.fedserver.rounds import RoundInfo, Rounds
 from fedyolo.fedserver.schemas import (
     BundleListing,
     ErrorBody,
@@ -43,7 +44,7 @@ from fedyolo.fedserver.schemas import (
     TaskList,
     UpdateAccepted,
 )
-from fedyolo.fedserver.store import Store
+from fedyolo.fedserver.store import Store, start_up_errors
 from fedyolo.fedserver.uploads import Update
 from fedyolo.runtime.bundle import Bundle, open_bundle
 from fedyolo.runtime.manifest import BACKBONE_FILE, MANIFEST_NAME, TOKENIZER_FILE, FileEntry, file_entry
@@ -51,7 +52,7 @@ from fedyolo.runtime.manifest import BACKBONE_FILE, MANIFEST_NAME, TOKENIZER_FIL
 log = logging.getLogger(__name__)
 
 OCTET = "application/octet-stream"
-RANGE = re.compile(r"^bytes=(\d+)-(\d*)$")
+RANGE = re.compile(r"^bytes=(\d{1,18})-(\d{0,18})$")  # 18 digits: any file size, never a huge int
 ERRORS: dict[int | str, dict[str, Any]] = {
     status: {"model": ErrorBody, "description": ", ".join(sorted(c for c, s in CODES.items() if s == status))}
     for status in sorted(set(CODES.values()))
@@ -83,7 +84,9 @@ def bundle_files(bundle: Bundle) -> dict[str, FileEntry]:
 
 
 def _not_modified(request: Request, etag: str) -> bool:
-    return etag in [tag.strip() for tag in request.headers.get("if-none-match", "").split(",")]
+    """`If-None-Match` as RFC 9110 13.1.2 says: `*` matches, and tags compare weakly (`W/"x"` is `"x"`)."""
+    tags = [tag.strip().removeprefix("W/") for tag in request.headers.get("if-none-match", "").split(",")]
+    return "*" in tags or etag.removeprefix("W/") in tags
 
 
 def _check_range(request: Request, size: int) -> None:
@@ -94,22 +97,40 @@ def _check_range(request: Request, size: int) -> None:
     match = RANGE.match(header.strip())
     if match is None or int(match[1]) >= size or (match[2] and int(match[2]) < int(match[1])):
         raise ApiError(
-            "bad_range", f"range {header!r} is not one satisfiable `bytes=start-[end]` of {size} bytes"
+            "bad_range", f"range {header[:40]!r} is not one satisfiable `bytes=start-[end]` of {size} bytes"
         )
 
 
 async def _read_capped(request: Request, cap: int) -> bytes:
     """The request body, refused as soon as it is known to exceed `cap` bytes (before it is read in full)."""
     length = request.headers.get("content-length")
-    if length is not None and (not length.isdigit() or int(length) > cap):
+    if length is not None and (not length.isdigit() or len(length) > 18 or int(length) > cap):
         raise ApiError("payload_too_large", f"the update is over this task's cap of {cap} bytes")
     chunks, total = [], 0
-    async for chunk in request.stream():
-        total += len(chunk)
-        if total > cap:
-            raise ApiError("payload_too_large", f"the update is over this task's cap of {cap} bytes")
-        chunks.append(chunk)
+    try:
+        async for chunk in request.stream():
+            total += len(chunk)
+            if total > cap:
+                raise ApiError("payload_too_large", f"the update is over this task's cap of {cap} bytes")
+            chunks.append(chunk)
+    except ClientDisconnect as e:  # gone, or cut off by the read timeout (http_limits): nobody hears this
+        raise ApiError("request_timeout", "the client went away before its update arrived whole") from e
     return b"".join(chunks)
+
+
+def _small_int(digits: str) -> int:
+    if len(digits.lstrip("-")) > 18:
+        raise ValueError(f"a number of {len(digits)} digits")
+    return int(digits)
+
+
+def parse_metrics(text: str) -> Any:
+    """The Fedyolo-Metrics header as JSON, or ApiError(bad_metrics): never a 500 for deep nesting or huge
+    integers (json.loads recurses once per level and int() refuses over 4,300 digits)."""
+    try:
+        return json.loads(text, parse_int=_small_int)
+    except (ValueError, RecursionError) as e:
+        raise ApiError("bad_metrics", f"Fedyolo-Metrics is not a small JSON object ({str(e)[:100]})") from e
 
 
 bearer = HTTPBearer(auto_error=False, description="the client token from POST /v1/clients")
@@ -164,6 +185,29 @@ class RoundSignal:
             await asyncio.wait_for(self._event.wait(), timeout_s)
 
 
+class PollReads:
+    """The round as the woken long polls re-read it: one database read per change, not one per poll.
+
+    Every accepted update wakes every waiting long poll (up to one per client), and each used to re-read
+    the round on the event loop: 32 clients made ~500 reads a round, the event loop's largest cost in
+    `benchmarks/server_load.py`. A read is reused while `rounds.generation` (bumped by every change this
+    process makes or sees another process make) stays the same.
+    """
+
+    def __init__(self, rounds: Rounds) -> None:
+        self.rounds = rounds
+        self._latest: dict[str, tuple[int, RoundInfo]] = {}
+
+    def current(self, task_id: str) -> RoundInfo:
+        generation = self.rounds.generation  # read first: a change during the read only costs a re-read
+        hit = self._latest.get(task_id)
+        if hit is not None and hit[0] == generation:
+            return hit[1]
+        info = self.rounds.current(task_id)
+        self._latest[task_id] = (generation, info)
+        return info
+
+
 def create_app(config: ServerConfig, recover: bool = True) -> FastAPI:
     """Open the bundle (every file hashed) and the state directory, recover, and build the app.
 
@@ -173,9 +217,11 @@ def create_app(config: ServerConfig, recover: bool = True) -> FastAPI:
     store = Store(config.state_dir)
     rounds = Rounds(config, bundle, store)
     if recover:
-        rounds.recover()
+        with start_up_errors(config.state_dir):
+            rounds.recover()
     aggregator = Aggregator(rounds)
     signal = RoundSignal(rounds)
+    seen_by_polls = PollReads(rounds)
     clients = Clients(store, config.enroll_key, config.max_clients)
     files = bundle_files(bundle)
 
@@ -202,7 +248,7 @@ def create_app(config: ServerConfig, recover: bool = True) -> FastAPI:
 
     @app.exception_handler(ApiError)
     async def api_error(request: Request, exc: ApiError) -> JSONResponse:
-        return JSONResponse(exc.to_json(), status_code=exc.status)
+        return JSONResponse(exc.to_json(), status_code=exc.status, headers=exc.headers)
 
     @app.exception_handler(RequestValidationError)
     async def invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
@@ -234,9 +280,13 @@ def create_app(config: ServerConfig, recover: bool = True) -> FastAPI:
         return server_status(rounds)
 
     @app.post("/v1/clients", status_code=201, response_model=RegisterResponse, tags=["clients"])
-    def register(body: RegisterRequest) -> RegisterResponse:
-        """Register a device with the enrollment key; the token in the answer is shown once."""
-        cid, token = clients.register(body.enroll_key, body.name)
+    def register(body: RegisterRequest, request: Request) -> RegisterResponse:
+        """Register a device with the enrollment key; the token in the answer is shown once.
+
+        Wrong keys from one address make it wait, longer each time: 429 with Retry-After.
+        """
+        address = request.client.host if request.client is not None else ""
+        cid, token = clients.register(body.enroll_key, body.name, address)
         return RegisterResponse(client_id=cid, token=token)
 
     @app.get("/v1/tasks", response_model=TaskList, tags=["tasks"])
@@ -260,16 +310,21 @@ def create_app(config: ServerConfig, recover: bool = True) -> FastAPI:
         """Every bundle file with its sha256 and size: download each once, keep it, check it."""
         return {"files": [{"path": p, **asdict(e)} for p, e in sorted(files.items())]}
 
-    @app.get(
+    file_answers: dict[int | str, dict[str, Any]] = {
+        200: {"content": {OCTET: {}}},
+        206: {"description": "a byte range", "content": {OCTET: {}}},
+        304: {"description": "not modified"},
+    }
+
+    @app.head(
         "/v1/bundle/files/{path:path}",
+        operation_id="bundle_file_head",
         tags=["bundle"],
         response_class=Response,
-        responses={
-            200: {"content": {OCTET: {}}},
-            206: {"description": "a byte range", "content": {OCTET: {}}},
-            304: {"description": "not modified"},
-        },
+        responses=file_answers,
+        summary="Bundle File Headers",
     )
+    @app.get("/v1/bundle/files/{path:path}", tags=["bundle"], response_class=Response, responses=file_answers)
     def bundle_file(path: str, request: Request, client: Client) -> Response:
         """One bundle file; ETag is its quoted sha256; `Range: bytes=start-` resumes a download."""
         entry = files.get(path)
@@ -303,7 +358,7 @@ def create_app(config: ServerConfig, recover: bool = True) -> FastAPI:
             if left <= 0:
                 break
             await signal.wait(min(left, 1.0))  # woken by any round change; re-read at least every second
-            info = rounds.current(task_id)
+            info = seen_by_polls.current(task_id)
         return info.to_json()
 
     @app.get(
@@ -347,10 +402,7 @@ def create_app(config: ServerConfig, recover: bool = True) -> FastAPI:
         """Upload this client's module weights for an open round; retry with the same Idempotency-Key."""
         task = rounds.task(task_id)
         body = await _read_capped(request, config.update_cap(task))
-        try:
-            parsed = json.loads(metrics)
-        except ValueError as e:
-            raise ApiError("bad_metrics", f"Fedyolo-Metrics is not JSON ({e})") from e
+        parsed = parse_metrics(metrics)
         update = Update(client, task_id, round_id, idempotency_key, body, examples, parsed)
         answer = await run_in_threadpool(rounds.submit, update)
         headers = {"idempotent-replayed": "true"} if answer.replayed else None

@@ -46,6 +46,13 @@ class ServerConfig:
         Devices the enrollment key registers at most; then registration answers 403 enrollment_full.
     max_long_poll_s
         The longest a `GET .../round?wait_s=` is held before it answers anyway.
+    max_header_bytes
+        Cap of a request's line and headers; over it: 431 and the connection closes.
+    read_timeout_s
+        A request (head and body) must arrive whole this soon after its first byte, else 408. 60 s lets a
+        320 KB update through a 50 kbit/s link; slowloris connections still go within a minute.
+    max_connections
+        Open connections per server process; a request beyond gets 503 `server_busy`.
     """
 
     bundle_dir: Path
@@ -59,6 +66,9 @@ class ServerConfig:
     max_clients: int = 10_000
     enroll_key: str = ""
     max_long_poll_s: float = 30.0
+    max_header_bytes: int = 32 * 1024
+    read_timeout_s: float = 60.0
+    max_connections: int = 1000
 
     def __post_init__(self) -> None:
         problems = []
@@ -70,6 +80,10 @@ class ServerConfig:
             problems.append("max_update_bytes must not be negative and max_examples must be at least 1")
         if not self.max_abs_weight >= 0 or self.max_clients < 1:
             problems.append("max_abs_weight must not be negative and max_clients must be at least 1")
+        if self.max_header_bytes < 1024 or self.read_timeout_s <= 0 or self.max_connections < 1:
+            problems.append(
+                "max_header_bytes must be at least 1024, read_timeout_s positive, max_connections at least 1"
+            )
         if len(self.enroll_key) < 16:
             problems.append(
                 "the enrollment key must have at least 16 characters (leave it out to generate one)"

@@ -28,18 +28,23 @@ CODES: dict[str, int] = {
     "bad_examples": 422,  # example count missing or implausible
     "bad_metrics": 422,  # metrics are not a small JSON object of finite numbers
     "internal": 500,
+    "request_timeout": 408,  # the request did not arrive whole within the read timeout (slow or stalled)
+    "headers_too_large": 431,  # the request line and headers are over the server's cap
+    "too_many_attempts": 429,  # too many wrong enrollment keys from this address: wait Retry-After seconds
+    "server_busy": 503,  # too many open connections: try again after Retry-After seconds
 }
 
 
 class ApiError(Exception):
     """An answer other than success: becomes JSON `{"code": ..., "detail": ...}` with the code's status."""
 
-    def __init__(self, code: str, detail: str) -> None:
+    def __init__(self, code: str, detail: str, headers: dict[str, str] | None = None) -> None:
         if code not in CODES:
             raise ValueError(f"unknown error code {code!r}")
         super().__init__(detail)
         self.code = code
         self.detail = detail
+        self.headers = headers or {}
 
     @property
     def status(self) -> int:

@@ -8,8 +8,10 @@ always names a blob that is on disk.
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
+import shutil
 import sqlite3
 import struct
 import threading
@@ -112,6 +114,55 @@ class BlobError(OSError):
     """A blob that is missing or does not hash to its name: the disk lost or damaged it."""
 
 
+@contextmanager
+def start_up_errors(state_dir: Path) -> Iterator[None]:
+    """Turn what can go wrong opening the state (corrupt database, read-only or full disk, a file where a
+    folder should be) into one ServerConfigError naming the cause and the fix, not a traceback."""
+    try:
+        yield
+    except ServerConfigError:
+        raise
+    except (sqlite3.Error, OSError) as e:
+        raise ServerConfigError(_start_up_problem(state_dir, e)) from e
+
+
+def _start_up_problem(state_dir: Path, e: sqlite3.Error | OSError) -> str:
+    db = state_dir / DB_NAME
+    where = f"--state-dir {state_dir}"
+    text = str(e).lower()
+    code = e.errno if isinstance(e, OSError) else None
+    full = (
+        f"no space left on the disk of {where} ({e}); free some space or serve with a --state-dir elsewhere"
+    )
+    if code == errno.ENOSPC or "disk is full" in text:
+        return full
+    if code in (errno.EROFS, errno.EACCES, errno.EPERM) or "readonly" in text or "read-only" in text:
+        return f"cannot write {where} ({e}); make it writable for this user or serve with another --state-dir"
+    if code in (errno.ENOTDIR, errno.EEXIST, errno.EISDIR):
+        return f"a file is in the way in {where} ({e}); move it away or serve with another --state-dir"
+    if isinstance(e, sqlite3.DatabaseError) and ("not a database" in text or "malformed" in text):
+        return (
+            f"{db} is not a readable fedserver database ({e}); restore it from a backup, or move it away "
+            "and serve with a fresh --state-dir (the updates and module versions in it are then lost)"
+        )
+    if _nearly_full(state_dir):  # SQLite reports a full disk as a plain "disk I/O error" at times
+        return full
+    if isinstance(e, sqlite3.OperationalError) and "unable to open" in text:
+        return f"cannot open {db} ({e}); check that {where} is a writable folder"
+    return f"cannot open the server state in {where} ({type(e).__name__}: {e}); check the disk and the folder"
+
+
+def _nearly_full(folder: Path, margin: int = 1 << 20) -> bool:
+    """Whether the file system holding `folder` (or its nearest existing parent) has under `margin` bytes."""
+    for candidate in (folder, *folder.parents):
+        if candidate.exists():
+            try:
+                return shutil.disk_usage(candidate).free < margin
+            except OSError:
+                return False
+    return False
+
+
 class BlobStore:
     """Immutable files named by their sha256, under `root/ab/abcdef…`."""
 
@@ -195,6 +246,10 @@ class Store:
     BUSY_TIMEOUT_MS = 30_000
 
     def __init__(self, state_dir: Path) -> None:
+        with start_up_errors(state_dir):
+            self._open(state_dir)
+
+    def _open(self, state_dir: Path) -> None:
         state_dir.mkdir(parents=True, exist_ok=True)
         self.path = state_dir / DB_NAME
         self.blobs = BlobStore(state_dir / "blobs")

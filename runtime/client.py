@@ -42,6 +42,7 @@ log = logging.getLogger(__name__)
 
 TrainerFactory = Callable[[Bundle, str], Trainer]
 FEDYOLO_HOME = Path(os.environ.get("FEDYOLO_HOME", Path.home() / ".fedyolo"))
+MODULE_HEADER_ROOM = 1024  # bytes of safetensors header allowed per tensor (and once more for the rest)
 
 
 @dataclass(frozen=True)
@@ -175,7 +176,9 @@ class FederationClient:
 
     def download_module(self, task: TaskSpec, version: int) -> ModuleWeights:
         """A global module version, checked against the manifest and its ETag."""
-        response = self.conn.request("GET", f"/v1/tasks/{task.task_id}/modules/{version}")
+        # fp32 tensors plus room for the safetensors header: a larger answer is not this module
+        cap = task.module_bytes + MODULE_HEADER_ROOM * (1 + len(task.trainable))
+        response = self.conn.get_capped(f"/v1/tasks/{task.task_id}/modules/{version}", cap)
         if response.status_code != 200:
             raise error_of(response)
         etag = response.headers.get("etag", "").strip('"')

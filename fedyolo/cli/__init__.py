@@ -257,6 +257,15 @@ def serve_cmd(
     ssl_keyfile: Annotated[Path | None, typer.Option(help="TLS private key")] = None,
     log_level: Annotated[str, typer.Option(help="debug, info, warning")] = "info",
     workers: Annotated[int, typer.Option(min=1, help="server processes (each uses a core)")] = 1,
+    max_header_bytes: Annotated[
+        int, typer.Option(help="cap of a request's line + headers; over it: 431")
+    ] = 32 * 1024,
+    read_timeout_s: Annotated[
+        float, typer.Option(help="a request must arrive whole this soon after its first byte; else 408")
+    ] = 60.0,
+    max_connections: Annotated[
+        int, typer.Option(min=1, help="open connections per server process; beyond: 503 server_busy")
+    ] = 1000,
 ) -> None:
     """Serve federated rounds for every task of a bundle (HTTP/JSON, SQLite + blobs, durable)."""
     from fedyolo.fedserver.serve import serve_command
@@ -283,6 +292,9 @@ def serve_cmd(
         ssl_keyfile=ssl_keyfile,
         log_level=log_level,
         workers=workers,
+        max_header_bytes=max_header_bytes,
+        read_timeout_s=read_timeout_s,
+        max_connections=max_connections,
     )
 
 

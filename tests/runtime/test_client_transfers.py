@@ -3,7 +3,9 @@ downloads that resume, re-fetch what arrived damaged and never write outside the
 
 from __future__ import annotations
 
+import hashlib
 import os
+from collections.abc import Iterator
 from contextlib import ExitStack
 from pathlib import Path
 
@@ -169,3 +171,131 @@ def test_a_listing_that_points_outside_the_cache_is_refused(tmp_path: Path) -> N
     with pytest.raises(FederationError, match="outside the bundle"):
         client.sync_bundle(tmp_path / "cache")
     assert not (tmp_path / "escaped.txt").exists()
+
+
+def hostile_bundle_server(
+    declared: bytes, sent: int, content_length: bool, served: list[int]
+) -> httpx.MockTransport:
+    """Lists one file of `len(declared)` bytes, then streams `sent` bytes of it in 64 KB chunks."""
+    listing = {"files": [{"path": "tokenizer.json", "sha256": hashlib.sha256(declared).hexdigest(),
+                          "bytes": len(declared)}]}  # fmt: skip
+
+    def chunks() -> Iterator[bytes]:
+        for start in range(0, sent, 1 << 16):
+            n = min(1 << 16, sent - start)
+            served.append(n)
+            yield b"x" * n
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        if request.url.path == "/v1/bundle":
+            return httpx.Response(200, json=listing)
+        headers = {"content-length": str(sent)} if content_length else {}
+        return httpx.Response(200, headers=headers, content=chunks())
+
+    return httpx.MockTransport(handler)
+
+
+@pytest.mark.parametrize("content_length", [True, False], ids=["declared-length", "no-length"])
+def test_a_server_sending_more_than_the_listing_declares_fills_no_disk(
+    tmp_path: Path, content_length: bool
+) -> None:
+    # Prepare: the listing says 538 bytes, the server sends 20 MB
+    served: list[int] = []
+    sleeps: list[float] = []
+    transport = hostile_bundle_server(b"{}" * 269, 20 << 20, content_length, served)
+    cache = tmp_path / "cache"
+    client = FederationClient(
+        "http://hostile", state_dir=tmp_path / "state", transport=transport, sleep=sleeps.append
+    )
+    # Execute
+    with pytest.raises(FederationError) as refused:
+        client.sync_bundle(cache)
+    # Assert: refused at once, nothing past the declared size read or kept, no retry loop
+    assert refused.value.code == "bad_download" and "538 bytes" in str(refused.value)
+    assert sum(served) <= 2 << 16  # stopped reading within a chunk of the limit
+    assert not [p for p in cache.rglob("*") if p.is_file() and p.name != ".lock"]
+    assert sleeps == []
+
+
+def test_a_file_that_keeps_failing_its_hash_is_retried_with_backoff(tmp_path: Path) -> None:
+    # Prepare: the right size, the wrong bytes, every time
+    served: list[int] = []
+    sleeps: list[float] = []
+    transport = hostile_bundle_server(b"{}" * 269, 538, True, served)
+    policy = RetryPolicy(attempts=4, base_s=1.0, max_s=3.0)
+    client = FederationClient(
+        "http://broken", state_dir=tmp_path / "s", transport=transport, retry=policy, sleep=sleeps.append
+    )
+    # Execute
+    with pytest.raises(FederationError) as failed:
+        client.sync_bundle(tmp_path / "cache")
+    # Assert: a pause between tries, growing, capped; 4 tries in all
+    assert failed.value.code == "bad_download" and len(served) == 4
+    assert len(sleeps) == 3
+    assert 0.5 <= sleeps[0] <= 1.0 and 1.0 <= sleeps[1] <= 2.0 and 1.5 <= sleeps[2] <= 3.0
+
+
+@pytest.mark.parametrize("retry_after,expected", [("7", 7.0), ("86400", 120.0)], ids=["honoured", "capped"])
+def test_retry_after_is_honoured_within_a_cap(retry_after: str, expected: float) -> None:
+    # Prepare: busy once (with Retry-After), then fine
+    calls: list[int] = []
+    sleeps: list[float] = []
+
+    def busy_once(request: httpx.Request) -> httpx.Response:
+        calls.append(1)
+        if len(calls) == 1:
+            return httpx.Response(
+                429, headers={"retry-after": retry_after}, json={"code": "x", "detail": "y"}
+            )
+        return httpx.Response(200, json={"ok": True})
+
+    conn = Connection(
+        "http://busy", retry=FAST, sleep=sleeps.append, transport=httpx.MockTransport(busy_once)
+    )
+    # Execute
+    answer = conn.json("GET", "/healthz")
+    # Assert
+    assert answer == {"ok": True} and sleeps == [expected]
+
+
+def test_a_module_answer_larger_than_the_module_is_refused(tmp_path: Path, bundle_dir: Path) -> None:
+    # Prepare: the module endpoint streams 50 MB for a module of a few KB
+    from fedyolo.runtime.bundle import open_bundle
+
+    task = open_bundle(bundle_dir, verify=False).task("topics")
+    served: list[int] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        def chunks() -> Iterator[bytes]:
+            for _ in range(800):
+                served.append(1 << 16)
+                yield b"\0" * (1 << 16)
+
+        return httpx.Response(200, content=chunks())
+
+    client = FederationClient("http://big", state_dir=tmp_path / "s", transport=httpx.MockTransport(handler))
+    # Execute
+    with pytest.raises(FederationError) as refused:
+        client.download_module(task, 0)
+    # Assert
+    assert refused.value.code == "too_large"
+    assert sum(served) <= task.module_bytes + (2 << 16)
+
+
+def test_a_request_the_server_timed_out_is_sent_again() -> None:
+    # Prepare: the server's read timeout cut the first try (408 request_timeout, as fedserver answers it)
+    calls: list[int] = []
+
+    def slow_once(request: httpx.Request) -> httpx.Response:
+        calls.append(1)
+        if len(calls) == 1:
+            return httpx.Response(408, json={"code": "request_timeout", "detail": "too slow"})
+        return httpx.Response(201, json={"update_id": 7})
+
+    conn = Connection(
+        "http://fed.test", retry=FAST, sleep=lambda s: None, transport=httpx.MockTransport(slow_once)
+    )
+    # Execute
+    response = conn.request("POST", "/v1/tasks/t/rounds/1/updates", content=b"x")
+    # Assert
+    assert response.status_code == 201 and len(calls) == 2
