@@ -5,9 +5,32 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
+from dataclasses import fields
+from typing import Any
 
 from fedyolo.fedserver.serve import serve_command
 from fedyolo.runtime.errors import FedyoloError
+from fedyolo.runtime.plan import FederationPlan, StrategyParams
+
+
+def add_plan_options(p: argparse.ArgumentParser) -> None:
+    """One option per field of the round plan (`FederationPlan`), named and typed after it: the plan is
+    declared once, in the runtime."""
+    for f in fields(FederationPlan):
+        if f.name == "strategy_params":
+            continue
+        default = getattr(FederationPlan(), f.name)
+        p.add_argument("--" + f.name.replace("_", "-"), type=type(default), default=default)
+    p.add_argument("--server-lr", type=float, default=None)
+    p.add_argument("--server-momentum", type=float, default=StrategyParams().momentum)
+
+
+def plan_from(args: dict[str, Any]) -> FederationPlan:
+    """Take the plan's options out of parsed `args` (removing them) and make the plan."""
+    names = [f.name for f in fields(FederationPlan) if f.name != "strategy_params"]
+    settings = {name: args.pop(name) for name in names}
+    params = StrategyParams(server_lr=args.pop("server_lr"), momentum=args.pop("server_momentum"))
+    return FederationPlan(**settings, strategy_params=params)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -15,19 +38,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("bundle")
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=8080)
-    p.add_argument("--rounds", type=int, default=20)
     p.add_argument("--min-clients", type=int, default=3)
-    p.add_argument("--strategy", default="fedavg", choices=["fedavg", "fedavgm", "fedadam"])
-    p.add_argument("--server-lr", type=float, default=None)
     p.add_argument("--enroll-key", default=None)
     p.add_argument("--state-dir", default=None)
     p.add_argument("--deadline-s", type=float, default=600.0)
-    p.add_argument("--local-epochs", type=int, default=1)
-    p.add_argument("--lr", type=float, default=1e-3)
-    p.add_argument("--batch-size", type=int, default=8)
-    p.add_argument("--proximal-mu", type=float, default=0.0)
-    p.add_argument("--clip-norm", type=float, default=0.0)
     p.add_argument("--max-update-bytes", type=int, default=0)
+    p.add_argument("--max-examples", type=int, default=1_000_000)
+    p.add_argument("--max-abs-weight", type=float, default=65504.0)
+    p.add_argument("--max-clients", type=int, default=10_000)
     p.add_argument("--ssl-certfile", default=None)
     p.add_argument("--ssl-keyfile", default=None)
     p.add_argument("--log-level", default="info")
@@ -35,12 +53,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--max-header-bytes", type=int, default=32 * 1024)
     p.add_argument("--read-timeout-s", type=float, default=60.0)
     p.add_argument("--max-connections", type=int, default=1000)
+    add_plan_options(p)
     args = vars(p.parse_args(argv))
     logging.basicConfig(
         level=args["log_level"].upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
     try:
-        serve_command(**args)
+        serve_command(args.pop("bundle"), plan_from(args), **args)
     except FedyoloError as e:
         print(f"error: {e}", file=sys.stderr)
         return e.exit_code
