@@ -13,7 +13,8 @@ One JSON object a line, appended and flushed whole, so a reader never sees half 
 - task, round: the task id and the round the event is about ("" and 0 before the client knows them).
 - done, total: bytes of a download, steps of a round's training; 0 otherwise.
 - time: seconds since the epoch. outcome and metrics: on a finished round only; outcome is
-  accepted, or stale (the round closed before the update arrived).
+  accepted, stale (the round closed before the update arrived), or set_aside (the server's fold set the
+  update aside: `fedyolo status` counts it).
 
 Plain Python: no rich, no server, so any supervisor (the demo, a phone's service, a script) reads it.
 """
@@ -38,7 +39,7 @@ class ClientEvent:
     detail: str
     done: float = 0.0
     total: float = 0.0
-    outcome: str | None = None  # a finished round: accepted | stale
+    outcome: str | None = None  # a finished round: accepted | stale | set_aside
     metrics: dict[str, float] | None = None  # a finished round: what the client reported
     time: float = field(default_factory=time.time)
 
