@@ -15,7 +15,9 @@ through `fedserver.fold.RoundFold`, the server's own aggregation path, under thr
    accuracy, and how far each round moved the module towards the attacker's update
    (|new - global| / |attack - global|, the median over rounds).
 
-    python benchmarks/robustness.py [--seeds 3] [--attack-clients 4,16] [--rounds 6]
+    python benchmarks/robustness.py [--seeds 3] [--attack-clients 4,16] [--rounds 6] [--attack-rounds 6]
+
+The JSON is rewritten after every run, so an interrupted run keeps what it measured.
 """
 
 from __future__ import annotations
@@ -98,7 +100,8 @@ def main() -> int:
     p.add_argument("--seeds", type=int, default=3, help="honest runs: seeds 0..seeds-1")
     p.add_argument("--clients", type=int, default=4, help="clients of the honest runs")
     p.add_argument("--attack-clients", default="4,16", help="clients of the runs with one attacker")
-    p.add_argument("--rounds", type=int, default=6)
+    p.add_argument("--rounds", type=int, default=6, help="rounds of the honest runs")
+    p.add_argument("--attack-rounds", type=int, default=6, help="rounds of the runs with an attacker")
     p.add_argument("--alpha", type=float, default=1.0)
     p.add_argument("--backbone", default="minilm", help="minilm; tiny-bert only to check the script runs")
     p.add_argument("--work", type=Path, default=Path("/tmp/fedyolo-accuracy"))
@@ -117,59 +120,61 @@ def main() -> int:
     initial = initial_module(bundle, "topics")
     test = encode_examples(bundle, spec, topics.test)
 
-    def plan(name: str) -> FederationPlan:
-        return FederationPlan(rounds=args.rounds, local_epochs=1, lr=2e-3, batch_size=16, **PLANS[name])
+    def plan(name: str, rounds: int) -> FederationPlan:
+        return FederationPlan(rounds=rounds, local_epochs=1, lr=2e-3, batch_size=16, **PLANS[name])
 
     def shares(n: int, seed: int) -> list[ExampleArrays]:
         parts = dirichlet_partition(topics.train, topics.labels, n, args.alpha, seed)
         return [encode_examples(bundle, spec, share) for share in parts if share]
 
     honest: dict[str, list[dict[str, Any]]] = {"off": [], "defaults": []}
+    attacked: dict[str, dict[str, Any]] = {}
+
+    def save() -> dict[str, Any]:
+        pairs = zip(honest["defaults"], honest["off"], strict=False)
+        cost = [100 * (d["accuracy"] - o["accuracy"]) for d, o in pairs]
+        out = {
+            "question": "accuracy cost of the default bounds with honest clients; what they bound with one attacker",
+            "command": " ".join([Path(sys.executable).name, *sys.argv]),
+            "machine": {
+                "cpus": os.cpu_count(),
+                "platform": platform.platform(),
+                "python": platform.python_version(),
+                "load_at_save": os.getloadavg(),
+            },
+            "settings": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()}
+            | {"attack": f"global - {BOOST:g} x its change, claiming {CLAIM}x its examples"},
+            "honest": honest,
+            "honest_cost_points": {"per_seed": cost, "median": float(np.median(cost)) if cost else None},
+            "target": "defaults cost under 0.5 points with honest clients",
+            "attacked": attacked,
+            "seconds": time.perf_counter() - start,
+        }
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(json.dumps(out, indent=1))
+        return out
+
     for seed in range(args.seeds):
         clients = shares(args.clients, seed)
         for name in honest:
             t = time.perf_counter()
-            honest[name].append(
-                federate(trainer, initial, clients, test, plan(name), seed, None) | {"seed": seed}
-            )
-            print(
-                f"honest seed {seed} {name}: {honest[name][-1]} ({time.perf_counter() - t:.0f} s)", flush=True
-            )
-    attacked: dict[str, dict[str, Any]] = {}
+            run = federate(trainer, initial, clients, test, plan(name, args.rounds), seed, None)
+            honest[name].append(run | {"seed": seed})
+            print(f"honest seed {seed} {name}: {run} ({time.perf_counter() - t:.0f} s)", flush=True)
+            save()
     for n in (int(x) for x in args.attack_clients.split(",")):
         clients = shares(n, 0)
         for name in PLANS:
             t = time.perf_counter()
-            attacked[f"{n} clients, {name}"] = federate(trainer, initial, clients, test, plan(name), 0, 0)
-            print(
-                f"attacked {n} {name}: {attacked[f'{n} clients, {name}']} ({time.perf_counter() - t:.0f} s)",
-                flush=True,
-            )
-
-    cost = [
-        100 * (d["accuracy"] - o["accuracy"]) for d, o in zip(honest["defaults"], honest["off"], strict=True)
-    ]
-    out = {
-        "question": "accuracy cost of the default bounds with honest clients; what they bound with one attacker",
-        "command": " ".join([Path(sys.executable).name, *sys.argv]),
-        "machine": {
-            "cpus": os.cpu_count(),
-            "platform": platform.platform(),
-            "python": platform.python_version(),
-            "load_before": os.getloadavg(),
-        },
-        "settings": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()}
-        | {"attack": f"global - {BOOST:g} x its change, claiming {CLAIM}x its examples"},
-        "honest": honest,
-        "honest_cost_points": {"per_seed": cost, "median": float(np.median(cost))},
-        "target": "defaults cost under 0.5 points with honest clients",
-        "attacked": attacked,
-        "seconds": time.perf_counter() - start,
-    }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(out, indent=1))
+            run = federate(trainer, initial, clients, test, plan(name, args.attack_rounds), 0, 0)
+            attacked[f"{n} clients, {name}"] = run
+            print(f"attacked {n} {name}: {run} ({time.perf_counter() - t:.0f} s)", flush=True)
+            save()
+    out = save()
+    cost = out["honest_cost_points"]["per_seed"]
     print(
-        f"\nhonest, {args.clients} clients: defaults - off = {np.median(cost):+.2f} points (per seed {cost})"
+        f"\nhonest, {args.clients} clients: defaults - off = {out['honest_cost_points']['median']} points "
+        f"(per seed {cost})"
     )
     for name, r in attacked.items():
         print(f"one attacker among {name}: accuracy {r['accuracy']:.1%}, pull {r['pull_median']:.3f}")

@@ -6,7 +6,6 @@ import argparse
 import logging
 import sys
 from dataclasses import fields
-from typing import Any
 
 from fedyolo.fedserver.serve import serve_command
 from fedyolo.runtime.errors import FedyoloError
@@ -23,14 +22,6 @@ def add_plan_options(p: argparse.ArgumentParser) -> None:
         p.add_argument("--" + f.name.replace("_", "-"), type=type(default), default=default)
     p.add_argument("--server-lr", type=float, default=None)
     p.add_argument("--server-momentum", type=float, default=StrategyParams().momentum)
-
-
-def plan_from(args: dict[str, Any]) -> FederationPlan:
-    """Take the plan's options out of parsed `args` (removing them) and make the plan."""
-    names = [f.name for f in fields(FederationPlan) if f.name != "strategy_params"]
-    settings = {name: args.pop(name) for name in names}
-    params = StrategyParams(server_lr=args.pop("server_lr"), momentum=args.pop("server_momentum"))
-    return FederationPlan(**settings, strategy_params=params)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -59,7 +50,10 @@ def main(argv: list[str] | None = None) -> int:
         level=args["log_level"].upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
     try:
-        serve_command(args.pop("bundle"), plan_from(args), **args)
+        plan = FederationPlan.from_options(args)
+        plan_options = {f.name for f in fields(FederationPlan)} | {"server_lr", "server_momentum"}
+        options = {k: v for k, v in args.items() if k not in plan_options and k != "bundle"}
+        serve_command(args["bundle"], plan, **options)
     except FedyoloError as e:
         print(f"error: {e}", file=sys.stderr)
         return e.exit_code

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
@@ -189,6 +190,14 @@ class FederationPlan:
             batch_size=self.batch_size,
             proximal_mu=self.proximal_mu,
         )
+
+    @classmethod
+    def from_options(cls, options: Mapping[str, Any]) -> FederationPlan:
+        """The plan from command-line options named after its fields (`rounds`, `lr`, `clip_norm`, ...)
+        plus `server_lr` and `server_momentum`; other options are ignored."""
+        names = [f.name for f in fields(cls) if f.name != "strategy_params"]
+        params = StrategyParams(server_lr=options["server_lr"], momentum=options["server_momentum"])
+        return cls(**{name: options[name] for name in names}, strategy_params=params)
 
     def to_json(self) -> str:
         return json.dumps(asdict(self))

@@ -97,3 +97,19 @@ def test_serve_client_status_over_http(tmp_path: Path) -> None:
     assert finished["outcome"] == "accepted" and "train_loss" in finished["metrics"]
     assert status.returncode == 0, status.stderr
     assert "topics" in status.stdout and "finished" in status.stdout
+
+
+def test_serve_and_simulate_refuse_a_plan_that_cannot_run_in_one_line(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    for command in (["serve", str(tmp_path)], ["simulate", "--out", str(tmp_path)]):
+        result = subprocess.run(
+            [sys.executable, "-m", "fedyolo.cli", *command, "--aggregate", "mode"],
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        assert result.returncode != 0, command
+        lines = result.stderr.strip().splitlines()
+        assert lines == ["error: unknown aggregate 'mode'; choose one of mean, median, trimmed_mean"], command

@@ -18,7 +18,7 @@ from rich.markup import escape
 
 from fedyolo.cli.extras import missing_extra, needs
 from fedyolo.runtime.errors import FedyoloError
-from fedyolo.runtime.plan import FederationPlan, StrategyParams
+from fedyolo.runtime.plan import FederationPlan
 
 app = typer.Typer(
     no_args_is_help=True,
@@ -69,36 +69,6 @@ Trim = Annotated[float, typer.Option(help="trimmed_mean: the share cut from each
 Strategy = Annotated[str, typer.Option(help="fedavg, fedavgm or fedadam")]
 ServerLr = Annotated[float | None, typer.Option(help="server learning rate (strategy default)")]
 ServerMomentum = Annotated[float, typer.Option(help="FedAvgM's momentum")]
-
-
-def _plan(
-    rounds: int,
-    local_epochs: int,
-    lr: float,
-    lr_schedule: str,
-    batch_size: int,
-    proximal_mu: float,
-    bounds: tuple[float, float, float, str, float],
-    strategy: str,
-    server_lr: float | None,
-    server_momentum: float,
-) -> FederationPlan:
-    clip_norm, adaptive_clip, example_cap, aggregate, trim = bounds
-    return FederationPlan(
-        rounds=rounds,
-        local_epochs=local_epochs,
-        lr=lr,
-        lr_schedule=lr_schedule,
-        batch_size=batch_size,
-        proximal_mu=proximal_mu,
-        clip_norm=clip_norm,
-        adaptive_clip=adaptive_clip,
-        example_cap=example_cap,
-        aggregate=aggregate,
-        trim=trim,
-        strategy=strategy,
-        strategy_params=StrategyParams(server_lr=server_lr, momentum=server_momentum),
-    )
 
 
 def _task_labels(task: str, data: Path | None) -> tuple[str, ...]:
@@ -270,11 +240,7 @@ def serve_cmd(
     """Serve federated rounds for every task of a bundle (HTTP/JSON, SQLite + blobs, durable)."""
     from fedyolo.fedserver.serve import serve_command
 
-    bounds = (clip_norm, adaptive_clip, example_cap, aggregate, trim)
-    plan = _plan(
-        rounds, local_epochs, lr, lr_schedule, batch_size, proximal_mu, bounds, strategy, server_lr,
-        server_momentum,
-    )  # fmt: skip
+    plan = FederationPlan.from_options(locals())  # the plan's options, named after its fields
     serve_command(
         bundle,
         plan,
@@ -448,11 +414,7 @@ def simulate_cmd(
     """Many clients in one process, with the server's fold and the client's training code."""
     from fedyolo.simulate import Cohort, simulate_command
 
-    bounds = (clip_norm, adaptive_clip, example_cap, aggregate, trim)
-    plan = _plan(
-        rounds, local_epochs, lr, lr_schedule, batch_size, proximal_mu, bounds, strategy, server_lr,
-        server_momentum,
-    )  # fmt: skip
+    plan = FederationPlan.from_options(locals())  # the plan's options, named after its fields
     simulate_command(
         _task_list(tasks),
         plan,

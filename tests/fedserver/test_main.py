@@ -8,7 +8,7 @@ import sys
 from dataclasses import fields
 from pathlib import Path
 
-from fedyolo.fedserver.__main__ import add_plan_options, plan_from
+from fedyolo.fedserver.__main__ import add_plan_options
 from fedyolo.runtime.plan import FederationPlan, StrategyParams
 
 
@@ -37,7 +37,7 @@ def test_every_plan_field_is_an_option_and_makes_the_same_plan() -> None:
             ]
         )
     )
-    plan = plan_from(args)
+    plan = FederationPlan.from_options(args)
     assert plan == FederationPlan(
         rounds=7,
         lr=4e-3,
@@ -48,7 +48,6 @@ def test_every_plan_field_is_an_option_and_makes_the_same_plan() -> None:
         aggregate="median",
         clip_norm=2.5,
     )
-    assert args == {}  # every option was the plan's
     assert {f.name for f in fields(FederationPlan)} - {"strategy_params"} <= set(a.dest for a in p._actions)
 
 
