@@ -84,7 +84,10 @@ class FlowerRun:
             if f.name == "plan":
                 for k, v in asdict(value).items():
                     if k == "strategy_params":
-                        out |= {_param_key(p).replace("_", "-"): x for p, x in v.items() if x is not None}
+                        # TOML has no None: a strategy's default server lr is written as 0
+                        out |= {
+                            _param_key(p).replace("_", "-"): 0.0 if x is None else x for p, x in v.items()
+                        }
                     else:
                         out[k.replace("_", "-")] = v
             else:
