@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import json
 import platform
+import shutil
 import subprocess
 import sys
 import time
@@ -91,9 +92,9 @@ def main() -> None:
     sim_out, flower_out = args.out / "simulate", args.out / "flower"
     warm = [*cli, "simulate", *common[:-1], "--rounds=1", "--fraction=0.01", f"--out={sim_out}"]
     subprocess.run(warm, check=True, capture_output=True)
-    subprocess.run(["cp", "-r", str(sim_out / "bundle"), str(flower_out / "bundle")], check=False)
     flower_out.mkdir(parents=True, exist_ok=True)
-    subprocess.run(["cp", "-r", str(sim_out / "bundle.recipe.json"), str(flower_out)], check=False)
+    shutil.copytree(sim_out / "bundle", flower_out / "bundle", dirs_exist_ok=True)
+    shutil.copy(sim_out / "bundle.recipe.json", flower_out / "bundle.recipe.json")
 
     sim = run_measured([*cli, "simulate", *common, f"--out={sim_out}"], args.out / "simulate.log")
     flw = run_measured([*cli, "flower", "simulate", *common, f"--out={flower_out}"], args.out / "flower.log")
@@ -117,9 +118,10 @@ def main() -> None:
             for a, b in zip(sim_rounds, flw_rounds, strict=True)
         ],
         "bytes": {
-            "module_record": module,
+            "module_record_initial": module,  # identical zero tensors (LoRA B) are sent once
             "full_model_record": full,
-            "ratio": full / module,
+            "ratio_to_initial_module": full / module,
+            "ratio_to_trained_upload": full / float(np.median(per_round_up)),
             "flower_upload_per_client": per_round_up,
             "flower_round_upload": [r["upload_bytes"] for r in flw_rounds],
             "flower_round_download": [r["download_bytes"] for r in flw_rounds],

@@ -22,9 +22,11 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from flwr.app import ConfigRecord, Context, Message, MetricRecord, RecordDict
+from flwr.app import ConfigRecord, Context, Message, MessageType, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
-from flwr.clientapp.typing import Mod
+from flwr.clientapp.mod import fixedclipping_mod
+from flwr.clientapp.typing import ClientAppCallable, Mod
+from flwr.supercore.differential_privacy import KEY_CLIPPING_NORM
 
 from fedyolo.flower.records import (
     CONFIG_KEY,
@@ -123,9 +125,21 @@ def _held_out_of(node: Node, context: Context) -> Arrays:
     return _held_out(node.settings, bundle_dir, clients)
 
 
+def privacy_mod(msg: Message, context: Context, call_next: ClientAppCallable) -> Message:
+    """Flower's `fixedclipping_mod` on the training messages of a run under client-side DP (those whose
+    config carries the wrapper's clipping norm); every other message passes untouched."""
+    config = msg.content.config_records.get(CONFIG_KEY)
+    if msg.metadata.message_type == MessageType.TRAIN and config is not None and KEY_CLIPPING_NORM in config:
+        return fixedclipping_mod(msg, context, call_next)
+    return call_next(msg, context)
+
+
 def build_client_app(defaults: FlowerRun | None = None, mods: list[Mod] | None = None) -> ClientApp:
-    """A ClientApp whose settings are `defaults` overridden by the run config (what `flwr run` sends)."""
-    app = ClientApp(mods=mods or [])
+    """A ClientApp whose settings are `defaults` overridden by the run config (what `flwr run` sends).
+
+    mods: Flower mods around every message; `privacy_mod` (client-side DP clipping) is always the last.
+    """
+    app = ClientApp(mods=[*(mods or []), privacy_mod])
 
     @app.query()
     def query(msg: Message, context: Context) -> Message:

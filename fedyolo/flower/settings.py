@@ -41,8 +41,6 @@ class FlowerRun:
         Where the ServerApp writes each round's module (safetensors), the strategy state and history.json.
     privacy, noise_multiplier, dp_clip
         Flower's differential-privacy wrapper with fixed clipping: "server" or "client" side, or "none".
-    secagg
-        Send updates through Flower's SecAgg+ (pairwise masking) instead of in the clear.
     threads
         ONNX Runtime threads per client process; 0 takes every core.
     min_nodes, timeout_s
@@ -63,7 +61,6 @@ class FlowerRun:
     privacy: str = "none"
     noise_multiplier: float = 0.0
     dp_clip: float = 1.0
-    secagg: bool = False
     threads: int = 0
     min_nodes: int = 1
     timeout_s: float = 3600.0
