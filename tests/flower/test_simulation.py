@@ -19,7 +19,7 @@ from fedyolo.runtime.wire import decode_module
 from fedyolo.simulate import Cohort, run_federation
 
 
-def test_flower_simulation_matches_fedyolo_simulate_bit_for_bit(
+def test_flower_simulation_matches_fedyolo_simulate_bit_for_bit_and_exports_to_peft(
     tiny_bert_bundle: Path, tmp_path: Path
 ) -> None:
     # Prepare: 6 clients, half of them a round, FedAvgM with the default bounds
@@ -63,3 +63,10 @@ def test_flower_simulation_matches_fedyolo_simulate_bit_for_bit(
         "round-0001.safetensors",
         "round-0002.safetensors",
     ]
+    # and `fedyolo export peft` takes the result as it is
+    from fedyolo.export.peft_export import export_peft
+
+    peft_dir = export_peft(
+        tiny_bert_bundle, "topics", tmp_path / "peft", tmp_path / "out" / "topics" / "module.safetensors"
+    )
+    assert (Path(peft_dir) / "adapter_model.safetensors").is_file()
