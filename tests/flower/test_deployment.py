@@ -200,3 +200,72 @@ def test_superlink_and_three_supernodes_train_two_rounds(
     ]
     assert any(not np.array_equal(rounds[0][k], before[k]) for k in before)
     assert any(not np.array_equal(rounds[1][k], rounds[0][k]) for k in before)
+
+
+def _stop_local_superlink(home: Path) -> None:
+    """`flwr run` starts a local simulation SuperLink detached from it; stop the one under `home`."""
+    import psutil
+
+    mine = [
+        p
+        for p in psutil.process_iter(["cmdline"])
+        if any(str(home) in part for part in (p.info["cmdline"] or []))
+        and "flower-superlink" in " ".join(p.info["cmdline"])
+    ]
+    for p in mine:
+        children = p.children(recursive=True)
+        for q in [p, *children]:
+            with contextlib.suppress(psutil.Error):
+                q.terminate()
+        _, alive = psutil.wait_procs([p, *children], timeout=15)
+        for q in alive:
+            with contextlib.suppress(psutil.Error):
+                q.kill()
+
+
+def test_flwr_run_on_a_local_simulation_connection(tiny_bert_bundle: Path, tmp_path: Path) -> None:
+    # Prepare: the project `fedyolo flower new` writes, and a connection to Flower's local simulation
+    home = tmp_path / "flwr_home"
+    home.mkdir()
+    (home / "config.toml").write_text('[superlink]\ndefault = "sim"\n\n' + connection_toml("sim", None, 12))
+    http, control = free_ports(2)
+    env = dict(os.environ) | {
+        "FLWR_HOME": str(home),
+        "FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION": "1",
+        "FLWR_DISABLE_UPDATE_CHECK": "1",
+        "FLWR_LOCAL_SUPERLINK_HTTP_API_PORT": str(http),
+        "FLWR_LOCAL_CONTROL_API_PORT": str(control),
+        "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}",
+    }
+    out = tmp_path / "out"
+    run = FlowerRun(
+        bundle=tiny_bert_bundle,
+        plan=FederationPlan(rounds=2),
+        fraction=0.5,
+        train_per_task=240,
+        test_per_task=60,
+        out=out,
+        threads=1,
+        min_nodes=12,
+        timeout_s=240.0,
+    )
+    project = new_project(tmp_path / "app", run).parent
+
+    # Execute
+    try:
+        done = subprocess.run(
+            [tool("flwr"), "run", str(project), "sim", "--stream"],
+            env=env,
+            capture_output=True,
+            timeout=420,
+            cwd=tmp_path,
+        )
+    finally:
+        _stop_local_superlink(home)
+
+    # Assert: 12 virtual nodes, 6 a round, two rounds written
+    assert done.returncode == 0, done.stdout.decode()[-3000:] + done.stderr.decode()[-3000:]
+    history = json.loads((out / "topics" / "history.json").read_text())
+    assert history["clients"] == 12
+    assert [len(r["clients"]) for r in history["rounds"]] == [6, 6]
+    assert (out / "topics" / "round-0002.safetensors").is_file()
