@@ -11,6 +11,7 @@ NEEDS_FLOWER = [
     "test_privacy.py",
     "test_client_mods.py",
     "test_deployment.py",
+    "test_project.py",
 ]
 
 if importlib.util.find_spec("flwr") is None:
