@@ -28,6 +28,9 @@ app = typer.Typer(
 )
 export_app = typer.Typer(no_args_is_help=True, help="PC side: turn a backbone + module into bundles.")
 app.add_typer(export_app, name="export")
+from fedyolo.flower.command import flower_app  # noqa: E402  (typer only: Flower loads inside its commands)
+
+app.add_typer(flower_app, name="flower")
 console = Console(stderr=True)
 
 
