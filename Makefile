@@ -2,8 +2,11 @@
 PYTHON ?= python3
 VENV   ?= .venv
 BIN     = $(VENV)/bin
+# Flower's apps are tested in a venv of their own: flwr 1.42 pins typer, rich, fastapi, uvicorn and
+# protobuf below the versions the main environment tests (flower-constraints.txt has the combination).
+FLOWER_VENV ?= .venv-flower
 
-.PHONY: setup demo test lint bench clean
+.PHONY: setup setup-flower demo test lint bench clean
 
 setup: $(VENV)/.installed
 
@@ -15,11 +18,20 @@ $(VENV)/.installed: pyproject.toml constraints.txt
 	$(BIN)/pip install -q -c constraints.txt -e '.[export,server,data,dev]'
 	touch $@
 
+setup-flower: $(FLOWER_VENV)/.installed
+
+$(FLOWER_VENV)/.installed: pyproject.toml flower-constraints.txt
+	$(PYTHON) -m venv $(FLOWER_VENV)
+	$(FLOWER_VENV)/bin/pip install -q --upgrade pip
+	$(FLOWER_VENV)/bin/pip install -q -c flower-constraints.txt -e '.[export,server,data,flower]' pytest
+	touch $@
+
 demo: setup
 	$(BIN)/fedyolo demo
 
-test: setup
+test: setup setup-flower
 	$(BIN)/pytest -q
+	$(FLOWER_VENV)/bin/pytest -q tests/flower
 
 lint: setup
 	$(BIN)/ruff check .
@@ -31,4 +43,4 @@ bench: setup
 	$(BIN)/python benchmarks/step.py
 
 clean:
-	rm -rf $(VENV) demo_out .pytest_cache .mypy_cache .ruff_cache .import_linter_cache
+	rm -rf $(VENV) $(FLOWER_VENV) demo_out .pytest_cache .mypy_cache .ruff_cache .import_linter_cache

@@ -51,9 +51,8 @@ def full_model_bytes(bundle_dir: Path, task_id: str) -> tuple[int, int]:
     """(module, backbone + module) as Flower ArrayRecords on the wire."""
     from flwr.app import Array, ArrayRecord
 
-    from fedyolo.demo.plan import initial_module
     from fedyolo.flower.records import module_record, wire_bytes
-    from fedyolo.runtime.bundle import open_bundle
+    from fedyolo.runtime.bundle import initial_module, open_bundle
 
     bundle = open_bundle(bundle_dir)
     task = bundle.task(task_id)

@@ -40,7 +40,8 @@ from fedyolo.flower.records import (
 )
 from fedyolo.flower.settings import FlowerRun
 from fedyolo.runtime.errors import FedyoloError
-from fedyolo.runtime.local import Arrays, encode_examples, evaluate_arrays, train_round
+from fedyolo.runtime.local import encode_examples, evaluate_arrays, train_round
+from fedyolo.runtime.trainer import ExampleArrays
 
 log = logging.getLogger(__name__)
 
@@ -54,7 +55,7 @@ class Node:
     """What one client process holds for a node: the trainer (shared by its nodes) and the node's data."""
 
     trainer: Any  # OrtTrainer: ONNX Runtime is imported when the first message arrives, not at import
-    data: Arrays
+    data: ExampleArrays
     partition: int
     settings: FlowerRun
 
@@ -70,13 +71,13 @@ def _trainer(bundle_dir: str, task_id: str, threads: int) -> Any:
 
 @lru_cache(maxsize=4)
 def _task_plan(task: str, clients: int, alpha: float, seed: int, train_cut: int, test_cut: int) -> Any:
-    from fedyolo.demo.plan import plan_task
+    from fedyolo.tasks.shares import share_task
 
-    return plan_task(task, clients, alpha, seed, train_cut, test_cut)
+    return share_task(task, clients, alpha, seed, train_cut, test_cut)
 
 
 @lru_cache(maxsize=256)
-def _share(settings: FlowerRun, bundle_dir: str, clients: int, partition: int) -> Arrays:
+def _share(settings: FlowerRun, bundle_dir: str, clients: int, partition: int) -> ExampleArrays:
     trainer = _trainer(bundle_dir, settings.task, settings.threads)
     plan = _task_plan(
         settings.task, clients, settings.alpha, settings.seed, settings.train_per_task, settings.test_per_task
@@ -86,7 +87,7 @@ def _share(settings: FlowerRun, bundle_dir: str, clients: int, partition: int) -
 
 
 @lru_cache(maxsize=4)
-def _held_out(settings: FlowerRun, bundle_dir: str, clients: int) -> Arrays:
+def _held_out(settings: FlowerRun, bundle_dir: str, clients: int) -> ExampleArrays:
     trainer = _trainer(bundle_dir, settings.task, settings.threads)
     plan = _task_plan(
         settings.task, clients, settings.alpha, settings.seed, settings.train_per_task, settings.test_per_task
@@ -95,7 +96,7 @@ def _held_out(settings: FlowerRun, bundle_dir: str, clients: int) -> Arrays:
 
 
 @lru_cache(maxsize=16)
-def _own_data(bundle_dir: str, task_id: str, threads: int, path: str) -> Arrays:
+def _own_data(bundle_dir: str, task_id: str, threads: int, path: str) -> ExampleArrays:
     from fedyolo.runtime.data import read_examples
 
     trainer = _trainer(bundle_dir, task_id, threads)
@@ -119,7 +120,7 @@ def _node(context: Context, defaults: FlowerRun | None) -> Node:
     return Node(trainer, _share(settings, bundle_dir, clients, partition), partition, settings)
 
 
-def _held_out_of(node: Node, context: Context) -> Arrays:
+def _held_out_of(node: Node, context: Context) -> ExampleArrays:
     bundle_dir = str(node.trainer.bundle.root.resolve())
     clients = int(context.node_config.get(NUM_PARTITIONS, 1))
     return _held_out(node.settings, bundle_dir, clients)

@@ -108,12 +108,14 @@ def simulate_cmd(
     from rich.console import Console
     from rich.table import Table
 
-    from fedyolo.demo.plan import ensure_bundle, plan_task
+    from fedyolo.export.reuse import ensure_bundle
     from fedyolo.flower.simulation import simulate_flower
+    from fedyolo.tasks.shares import share_task
 
     console = Console()
-    share = plan_task(task, clients, alpha, seed, train_per_task, test_per_task)
-    bundle, exported = ensure_bundle(out / "bundle", [share], backbone, module, max_length, seed)
+    share = share_task(task, clients, alpha, seed, train_per_task, test_per_task)
+    labels = {share.task_id: share.labels}
+    bundle, exported = ensure_bundle(out / "bundle", labels, backbone, module, max_length, seed)
     given = {
         "bundle": str(bundle.root.resolve()),
         "task": share.task_id,

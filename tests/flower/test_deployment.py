@@ -22,10 +22,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from fedyolo.demo.plan import initial_module
 from fedyolo.flower.project import connection_toml, new_project
 from fedyolo.flower.settings import FlowerRun
-from fedyolo.runtime.bundle import open_bundle
+from fedyolo.runtime.bundle import initial_module, open_bundle
 from fedyolo.runtime.plan import FederationPlan
 from fedyolo.runtime.wire import decode_module
 

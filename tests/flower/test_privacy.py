@@ -8,10 +8,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from fedyolo.demo.plan import initial_module
 from fedyolo.flower.settings import FlowerRun
 from fedyolo.flower.simulation import simulate_flower
-from fedyolo.runtime.bundle import open_bundle
+from fedyolo.runtime.bundle import initial_module, open_bundle
 from fedyolo.runtime.plan import FederationPlan
 from fedyolo.runtime.wire import decode_module
 

@@ -7,10 +7,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from fedyolo.demo.plan import initial_module
 from fedyolo.flower.records import config_plan, module_record, plan_config, record_module, wire_bytes
 from fedyolo.flower.settings import FlowerRun
-from fedyolo.runtime.bundle import open_bundle
+from fedyolo.runtime.bundle import initial_module, open_bundle
 from fedyolo.runtime.errors import FedyoloError, ModuleWeightsError
 from fedyolo.runtime.plan import FederationPlan, PlanError
 from fedyolo.runtime.wire import encode_module

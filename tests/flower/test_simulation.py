@@ -9,14 +9,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from fedyolo.demo.plan import encode_plan, initial_module, plan_task
 from fedyolo.flower.settings import FlowerRun
 from fedyolo.flower.simulation import simulate_flower
-from fedyolo.runtime.bundle import open_bundle
+from fedyolo.runtime.bundle import initial_module, open_bundle
 from fedyolo.runtime.ort_trainer import OrtTrainer
 from fedyolo.runtime.plan import FederationPlan, StrategyParams
 from fedyolo.runtime.wire import decode_module
 from fedyolo.simulate import Cohort, run_federation
+from fedyolo.tasks.shares import encode_shares, share_task
 
 
 def test_flower_simulation_matches_fedyolo_simulate_bit_for_bit_and_exports_to_peft(
@@ -38,8 +38,8 @@ def test_flower_simulation_matches_fedyolo_simulate_bit_for_bit_and_exports_to_p
         threads=1,
     )
     bundle = open_bundle(tiny_bert_bundle)
-    share = plan_task("topics", 6, run.alpha, run.seed, run.train_per_task, run.test_per_task)
-    clients, test = encode_plan(bundle, share)
+    share = share_task("topics", 6, run.alpha, run.seed, run.train_per_task, run.test_per_task)
+    clients, test = encode_shares(bundle, share)
 
     # Execute
     simulate_flower(run, clients=6)
