@@ -184,11 +184,29 @@ class RoundFold:
     def result(self) -> tuple[ModuleWeights, StrategyState]:
         """The next global module (float32) and state; raises when no update was folded."""
         self._flush()
-        strategy = STRATEGIES[self.plan.strategy]
-        weights, state = strategy(self.global_weights, self.delta(), self.state, self.plan.strategy_params)
-        return weights, replace(
-            state, norms=tuple(self._norms[-HISTORY:]), claims=tuple(self._claims[-HISTORY:])
+        return apply_delta(
+            self.global_weights, self.delta(), self.plan, self.state, self._norms, self._claims
         )
+
+
+def apply_delta(
+    global_weights: ModuleWeights,
+    delta: Mapping[str, np.ndarray],
+    plan: FederationPlan,
+    state: StrategyState,
+    norms: Iterable[float],
+    claims: Iterable[float],
+) -> tuple[ModuleWeights, StrategyState]:
+    """The plan's strategy over a round's aggregated change; the state keeps the latest norms and claims.
+
+    `RoundFold.result` ends here; so does a securely aggregated round (fedyolo.flower.secure), whose
+    server sees only the weighted mean of the clients' changes, never one of them.
+    """
+    strategy = STRATEGIES[plan.strategy]
+    weights, new_state = strategy(global_weights, delta, state, plan.strategy_params)
+    return weights, replace(
+        new_state, norms=tuple(list(norms)[-HISTORY:]), claims=tuple(list(claims)[-HISTORY:])
+    )
 
 
 def is_finite(weights: ModuleWeights, state: StrategyState) -> bool:

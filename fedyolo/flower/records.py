@@ -69,3 +69,19 @@ def number(value: object, what: str) -> float:
 def wire_bytes(obj: InflatableObject) -> int:
     """Bytes Flower sends for `obj`: every object of its tree, serialised (each pulled once per receiver)."""
     return sum(len(o.deflate()) for o in get_all_nested_objects(obj).values())
+
+
+def module_arrays(weights: Mapping[str, np.ndarray], task: TaskSpec) -> list[np.ndarray]:
+    """The module (or a change to it) as a list in the manifest's order: Flower's legacy `Parameters`."""
+    return [np.ascontiguousarray(weights[t.name], dtype=np.float32) for t in task.trainable]
+
+
+def arrays_module(arrays: list[np.ndarray], task: TaskSpec) -> ModuleWeights:
+    """A list in the manifest's order read back as float32 module weights, checked against the manifest."""
+    if len(arrays) != len(task.trainable):
+        raise ModuleWeightsError(
+            f"{len(arrays)} arrays arrived; task {task.task_id!r} has {len(task.trainable)} trainable tensors"
+        )
+    weights = {t.name: np.asarray(a, dtype=np.float32) for t, a in zip(task.trainable, arrays, strict=True)}
+    check_module(weights, task)
+    return weights

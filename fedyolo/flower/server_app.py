@@ -23,6 +23,7 @@ from fedyolo.flower.records import module_record
 from fedyolo.flower.settings import FlowerRun
 from fedyolo.flower.strategy import FoldStrategy
 from fedyolo.runtime.bundle import open_bundle
+from fedyolo.runtime.errors import FedyoloError
 from fedyolo.runtime.manifest import MODULE_WEIGHTS
 from fedyolo.runtime.wire import decode_module
 
@@ -31,7 +32,7 @@ log = logging.getLogger(__name__)
 
 def with_privacy(strategy: FoldStrategy, settings: FlowerRun, sampled: int) -> Strategy:
     """`strategy` inside Flower's fixed-clipping DP wrapper (server- or client-side), or as it is."""
-    if settings.privacy == "none":
+    if settings.privacy not in ("server", "client"):
         return strategy
     wrapper = (
         DifferentialPrivacyServerSideFixedClipping
@@ -46,8 +47,11 @@ def with_privacy(strategy: FoldStrategy, settings: FlowerRun, sampled: int) -> S
     )
 
 
-def run_server(grid: Grid, settings: FlowerRun) -> FoldStrategy:
-    """Discover the nodes, then run every round; returns the strategy (its history and state)."""
+def run_server(grid: Grid, settings: FlowerRun, context: Context | None = None) -> FoldStrategy:
+    """Discover the nodes, then run every round; returns the strategy (its history and state).
+
+    Under `privacy="secagg"` the rounds run in Flower's SecAgg+ workflow (secagg.py), which needs the
+    ServerApp's `context`."""
     bundle = open_bundle(settings.bundle)
     task = bundle.task(settings.task)
     initial = decode_module(bundle.task_file(task.task_id, MODULE_WEIGHTS).read_bytes(), task)
@@ -63,6 +67,13 @@ def run_server(grid: Grid, settings: FlowerRun) -> FoldStrategy:
     clients = fold.discover(grid, timeout=settings.timeout_s)
     sampled = max(1, min(len(clients), round(settings.fraction * len(clients))))
     log.info("%d clients for task %r, %d a round", len(clients), task.task_id, sampled)
+    if settings.privacy == "secagg":
+        if context is None:
+            raise FedyoloError("a secure-aggregation run needs the ServerApp's context")
+        from fedyolo.flower.secagg import run_secure
+
+        run_secure(grid, context, fold, initial, settings)
+        return fold
     strategy = with_privacy(fold, settings, sampled)
     strategy.start(
         grid, module_record(initial, task), num_rounds=settings.plan.rounds, timeout=settings.timeout_s
@@ -77,7 +88,7 @@ def build_server_app(defaults: FlowerRun | None = None) -> ServerApp:
     @app.main()
     def main(grid: Grid, context: Context) -> None:
         settings = FlowerRun.from_run_config(context.run_config, defaults)
-        run_server(grid, settings)
+        run_server(grid, settings, context)
 
     return app
 

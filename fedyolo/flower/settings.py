@@ -16,7 +16,7 @@ from typing import Any
 from fedyolo.runtime.errors import FedyoloError
 from fedyolo.runtime.plan import FederationPlan, StrategyParams
 
-PRIVACY = ("none", "server", "client")
+PRIVACY = ("none", "server", "client", "secagg")
 
 
 @dataclass(frozen=True)
@@ -40,7 +40,12 @@ class FlowerRun:
     out
         Where the ServerApp writes each round's module (safetensors), the strategy state and history.json.
     privacy, noise_multiplier, dp_clip
-        Flower's differential-privacy wrapper with fixed clipping: "server" or "client" side, or "none".
+        Flower's differential-privacy wrapper with fixed clipping: "server" or "client" side; "secagg":
+        Flower's secure aggregation (SecAgg+, secagg.py), where the server sees only the round's mean
+        change; or "none".
+    secagg_shares, secagg_threshold, secagg_range
+        SecAgg+'s secret shares per client and shares needed to unmask (fractions: of the cohort, of the
+        shares), and the range [-r, r] a weighted change is quantised in (2**22 steps).
     threads
         ONNX Runtime threads per client process; 0 takes every core.
     min_nodes, timeout_s
@@ -61,6 +66,9 @@ class FlowerRun:
     privacy: str = "none"
     noise_multiplier: float = 0.0
     dp_clip: float = 1.0
+    secagg_shares: float = 0.5
+    secagg_threshold: float = 0.6
+    secagg_range: float = 1.0
     threads: int = 0
     min_nodes: int = 1
     timeout_s: float = 3600.0
@@ -70,6 +78,11 @@ class FlowerRun:
             raise FedyoloError(f"fraction {self.fraction} is not in (0, 1]; e.g. 0.1 trains 10% a round")
         if self.privacy not in PRIVACY:
             raise FedyoloError(f"privacy {self.privacy!r}: choose one of {', '.join(PRIVACY)}")
+        if self.privacy == "secagg" and self.plan.aggregate != "mean":
+            raise FedyoloError(
+                f"aggregate={self.plan.aggregate} needs every update, which secure aggregation hides: "
+                "use aggregate=mean with privacy=secagg"
+            )
         if self.eval_every < 1:
             raise FedyoloError("eval-every must be at least 1")
 

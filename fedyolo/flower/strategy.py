@@ -33,7 +33,7 @@ from flwr.serverapp.strategy import Strategy
 from fedyolo.fedserver.fold import RoundFold, is_finite
 from fedyolo.fedserver.store import encode_state
 from fedyolo.fedserver.strategies import StrategyState
-from fedyolo.flower.client_app import NO_PARTITION, PARTITION_ID
+from fedyolo.flower.nodes import NO_PARTITION, PARTITION_ID
 from fedyolo.flower.records import (
     CONFIG_KEY,
     EXAMPLES,
@@ -102,7 +102,7 @@ class FoldStrategy(Strategy):
         self.clients: dict[int, int] = {}  # Flower node id -> fedyolo client number
         self.history: list[RoundLog] = []
         self._global: ModuleWeights | None = None
-        self._started = 0.0
+        self.started = 0.0
 
     def summary(self) -> None:
         log.info("fedyolo fold over task %r: %s", self.task.task_id, self.plan)
@@ -145,7 +145,7 @@ class FoldStrategy(Strategy):
             raise FedyoloError(f"no node of {len(nodes)} answered for task {self.task.task_id!r}")
         return self.clients
 
-    def _cohort(self, round_id: int) -> list[tuple[int, int]]:
+    def cohort(self, round_id: int) -> list[tuple[int, int]]:
         """(client, node) pairs of the round, in client order: `fedyolo simulate`'s draw."""
         by_client = sorted((c, n) for n, c in self.clients.items())
         chosen = sample_clients(len(by_client), self.fraction, round_id, self.seed)
@@ -154,9 +154,9 @@ class FoldStrategy(Strategy):
     def configure_train(
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
     ) -> Iterable[Message]:
-        self._started = time.perf_counter()
+        self.started = time.perf_counter()
         self._global = record_module(arrays, self.task)
-        cohort = self._cohort(server_round)
+        cohort = self.cohort(server_round)
         content = RecordDict(
             {
                 MODULE_KEY: arrays,
@@ -220,15 +220,10 @@ class FoldStrategy(Strategy):
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
     ) -> Iterable[Message]:
         # `arrays` is the module Flower committed this round (after any DP wrapper's noise): write it.
-        weights = record_module(arrays, self.task)
-        self._write(server_round, weights)
-        if self.history:
-            self.history[-1].seconds = time.perf_counter() - self._started
+        self.write(server_round, record_module(arrays, self.task))
         if not (server_round % self.eval_every == 0 or server_round == self.plan.rounds):
             return []
-        evaluators = (
-            self._cohort(server_round)[:1] if self.eval_split == "test" else self._cohort(server_round)
-        )
+        evaluators = self.cohort(server_round)[:1] if self.eval_split == "test" else self.cohort(server_round)
         content = RecordDict(
             {MODULE_KEY: arrays, CONFIG_KEY: ConfigRecord({**config, "split": self.eval_split})}
         )
@@ -254,14 +249,21 @@ class FoldStrategy(Strategy):
             total, correct, loss = total + n, correct + right, loss + lost
         if total == 0:
             return None
-        record = next((r for r in reversed(self.history) if r.round == server_round), None)
-        if record is not None:
-            record.accuracy, record.loss = correct / total, loss / total
-            self._write_history()
+        self.record_evaluation(server_round, correct / total, loss / total)
         return MetricRecord({"accuracy": correct / total, "loss": loss / total, EXAMPLES: total})
 
-    def _write(self, round_id: int, weights: ModuleWeights) -> None:
-        """Round `round_id`'s module (and the latest as module.safetensors), the state, the history."""
+    def record_evaluation(self, round_id: int, accuracy: float, loss: float) -> None:
+        """The committed module's held-out accuracy and loss, into the round's log and history.json."""
+        record = next((r for r in reversed(self.history) if r.round == round_id), None)
+        if record is not None:
+            record.accuracy, record.loss = accuracy, loss
+            self._write_history()
+
+    def write(self, round_id: int, weights: ModuleWeights) -> None:
+        """Round `round_id`'s module (and the latest as module.safetensors), the state, the history; the
+        round's time ends here."""
+        if self.history:
+            self.history[-1].seconds = time.perf_counter() - self.started
         if self.out is None:
             return
         folder = self.out / self.task.task_id

@@ -12,6 +12,7 @@ NEEDS_FLOWER = [
     "test_client_mods.py",
     "test_deployment.py",
     "test_project.py",
+    "test_secagg.py",
 ]
 
 if importlib.util.find_spec("flwr") is None:
