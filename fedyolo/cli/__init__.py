@@ -6,7 +6,6 @@ A known error (FedyoloError) prints one line and exits non-zero, never a traceba
 
 from __future__ import annotations
 
-import json
 import logging
 import sys
 from pathlib import Path
@@ -17,6 +16,7 @@ from rich.console import Console
 from rich.markup import escape
 
 from fedyolo.cli.extras import missing_extra, needs
+from fedyolo.options import parse_pairs
 from fedyolo.runtime.errors import FedyoloError
 from fedyolo.runtime.plan import FederationPlan
 
@@ -35,19 +35,10 @@ console = Console(stderr=True)
 
 
 def _options(pairs: list[str] | None) -> dict[str, Any]:
-    """`key=value` module options; values parsed as JSON where they can be (8, 0.1, ["q","v"])."""
-    out: dict[str, Any] = {}
-    for pair in pairs or []:
-        key, sep, value = pair.partition("=")
-        if not sep:
-            raise FedyoloError(f"module option {pair!r} is not key=value; e.g. --option r=16")
-        try:
-            out[key] = json.loads(value)
-        except json.JSONDecodeError:
-            out[key] = value
-        if isinstance(out[key], list):
-            out[key] = tuple(out[key])
-    return out
+    """`key=value` module options (lists become tuples: a module's config is hashable)."""
+    return {
+        k: tuple(v) if isinstance(v, list) else v for k, v in parse_pairs(pairs, "--option", "r=16").items()
+    }
 
 
 # The round plan's options, declared once for `serve` and `simulate` (both build one FederationPlan).

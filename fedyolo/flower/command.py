@@ -6,13 +6,13 @@ every other command never load them, and the base install (without the `flower` 
 
 from __future__ import annotations
 
-import json
 import time
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
 
+from fedyolo.options import parse_pairs
 from fedyolo.runtime.errors import FedyoloError
 
 flower_app = typer.Typer(
@@ -39,15 +39,7 @@ def _flwr() -> None:
 def _settings(pairs: list[str] | None, given: dict[str, Any]) -> Any:
     from fedyolo.flower.settings import FlowerRun
 
-    values: dict[str, Any] = dict(given)
-    for pair in pairs or []:
-        key, sep, raw = pair.partition("=")
-        if not sep:
-            raise FedyoloError(f"--set {pair!r} is not key=value; e.g. --set strategy=fedavgm")
-        try:
-            values[key] = json.loads(raw)
-        except json.JSONDecodeError:
-            values[key] = raw
+    values = {**given, **parse_pairs(pairs, "--set", "strategy=fedavgm")}
     return FlowerRun.from_run_config(values)
 
 
