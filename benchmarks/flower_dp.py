@@ -64,6 +64,14 @@ def main() -> None:
             "accuracy": [r["accuracy"] for r in history["rounds"]],
             "seconds": time.perf_counter() - start,
         }
+        if i > 0:  # how far this run's final module is from the run without DP, value by value
+            from safetensors.numpy import load_file
+
+            clear = load_file(args.out / "run0" / "topics" / "module.safetensors")
+            mine = load_file(out / "topics" / "module.safetensors")
+            results[name]["max_abs_gap_to_no_dp"] = max(
+                float(np.abs(mine[k] - clear[k]).max()) for k in clear
+            )
         if i == 0:
             from fedyolo.fedserver.store import decode_state
 
