@@ -1,0 +1,58 @@
+"""The phone's page (android_demo/web, built into fedserver/web/): served at /app/ by `fedyolo serve`.
+
+Every answer carries COOP/COEP, so the page is cross-origin isolated and onnxruntime-web may use
+wasm threads (SharedArrayBuffer) where the phone's browser allows them.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from fastapi import FastAPI
+from fastapi.responses import RedirectResponse
+from fastapi.staticfiles import StaticFiles
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+WEB_DIR = Path(__file__).parent / "web"
+ISOLATION = [
+    (b"cross-origin-opener-policy", b"same-origin"),
+    (b"cross-origin-embedder-policy", b"require-corp"),
+    (b"cross-origin-resource-policy", b"same-origin"),
+]
+
+
+class CrossOriginIsolation:
+    """Plain ASGI (no per-request task, unlike BaseHTTPMiddleware): adds the headers as a response starts."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+
+        async def send_isolated(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                message["headers"] = [*message.get("headers", []), *ISOLATION]
+            await send(message)
+
+        await self.app(scope, receive, send_isolated)
+
+
+def mount_web(app: FastAPI, web_dir: Path = WEB_DIR) -> None:
+    """Serve the page at /app/ (and redirect / there), when the package holds its built files."""
+    if not (web_dir / "index.html").is_file():
+        return  # a source tree where `make web` has not run: the API alone
+    app.add_middleware(CrossOriginIsolation)
+    app.mount("/app", StaticFiles(directory=web_dir, html=True), name="app")
+
+    @app.get("/", include_in_schema=False)
+    def root() -> RedirectResponse:
+        return RedirectResponse("/app/")
+
+
+def page_url(scheme: str, host: str, port: int, enroll_key: str) -> str:
+    """The page's address, with the enrollment key in the fragment (never sent to the server)."""
+    shown = "localhost" if host in ("127.0.0.1", "0.0.0.0", "::") else host
+    return f"{scheme}://{shown}:{port}/app/#enroll={enroll_key}"
