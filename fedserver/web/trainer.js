@@ -4,7 +4,10 @@ import * as ort from "./ort/ort.training.wasm.min.mjs";
 
 ort.env.wasm.wasmPaths = new URL("./ort/", import.meta.url).href;
 ort.env.logLevel = "error"; // not a warning per unused dropout constant
-ort.env.wasm.numThreads = globalThis.crossOriginIsolated ? Math.min(4, navigator.hardwareConcurrency || 1) : 1;
+// Threads need SharedArrayBuffer, so a cross-origin isolated page (the server sends COOP/COEP);
+// `?threads=N` in the page's address overrides (benchmarks/web_step.py measures 1 and the default).
+const askedThreads = Number(new URLSearchParams(globalThis.location?.search ?? "").get("threads")) || 0;
+ort.env.wasm.numThreads = askedThreads || (globalThis.crossOriginIsolated ? Math.min(4, navigator.hardwareConcurrency || 1) : 1);
 
 // onnxruntime-web has no set-learning-rate: its AdamW runs at ORT's default. Every AdamW term is
 // linear in the rate, so the step is rescaled to the round's rate from the parameters before and after.

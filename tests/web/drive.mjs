@@ -87,10 +87,44 @@ async function parity(spec) {
   }, { spec, key: job.key });
 }
 
+/** Step times of the page's trainer on pre-encoded batches (benchmarks/web_step.py), and its memory. */
+async function bench(spec) {
+  const page = await (await browser.newContext(PHONE)).newPage();
+  await page.goto(`${job.url}/app/?threads=${spec.threads}`);
+  return page.evaluate(async ({ spec, key }) => {
+    const { WebClient } = await import("./client.js");
+    const noop = () => {};
+    const client = new WebClient(location.origin, { status: noop, download: noop, bundle: noop });
+    await client.register(key);
+    let t = performance.now();
+    const { task, trainer } = await client.syncBundle(spec.task);
+    const download_s = (performance.now() - t) / 1000;
+    t = performance.now();
+    await trainer.setModule(await client.module(task, 0));
+    const load_s = (performance.now() - t) / 1000;
+    trainer.setLearningRate(spec.lr);
+    const tensor = (rows) => ({ data: BigInt64Array.from(rows.flat(), BigInt), dims: [rows.length, rows[0].length] });
+    const times = [], losses = [];
+    for (const b of spec.batches) {
+      const batch = { input_ids: tensor(b.input_ids), attention_mask: tensor(b.attention_mask), labels: BigInt64Array.from(b.labels, BigInt) };
+      t = performance.now();
+      losses.push(await trainer.step(batch));
+      times.push(performance.now() - t);
+    }
+    let memory = null;
+    if (globalThis.crossOriginIsolated && performance.measureUserAgentSpecificMemory) {
+      memory = { kind: "measureUserAgentSpecificMemory", bytes: (await performance.measureUserAgentSpecificMemory()).bytes };
+    } else if (performance.memory) memory = { kind: "performance.memory.usedJSHeapSize", bytes: performance.memory.usedJSHeapSize };
+    return { times_ms: times, losses, download_s, load_s, memory, isolated: globalThis.crossOriginIsolated, threads: spec.threads };
+  }, { spec, key: job.key });
+}
+
 try {
   const pages = await Promise.all((job.pages ?? []).map((spec, i) => phone(spec, i)));
   const losses = job.parity ? await parity(job.parity) : null;
-  process.stdout.write(JSON.stringify({ pages, parity: losses }));
+  const benches = [];
+  for (const spec of job.bench ?? []) benches.push(await bench(spec));
+  process.stdout.write(JSON.stringify({ pages, parity: losses, bench: benches }));
 } finally {
   await browser.close();
 }
