@@ -244,7 +244,7 @@ def create_app(config: ServerConfig, recover: bool = True) -> FastAPI:
         responses=ERRORS,
     )
     app.state.rounds = rounds
-    mount_web(app)
+    mount_web(app, client_id, config.state_dir)
     app.state.aggregator = aggregator
     app.state.clients = clients
 

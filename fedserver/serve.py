@@ -137,6 +137,12 @@ def stored_enroll_key(state_dir: Path) -> str:
     return key
 
 
+def state_dir_of(bundle: str | os.PathLike[str], state_dir: str | os.PathLike[str] | None) -> Path:
+    """The server's state directory: `state_dir`, or `<bundle>.fedserver` beside the bundle."""
+    bundle_dir = Path(bundle)
+    return Path(state_dir) if state_dir is not None else bundle_dir.parent / f"{bundle_dir.name}.fedserver"
+
+
 def serve_command(
     bundle: str | os.PathLike[str],
     plan: FederationPlan,
@@ -164,7 +170,7 @@ def serve_command(
     kept there, so a restart accepts the same key.
     """
     bundle_dir = Path(bundle)
-    state = Path(state_dir) if state_dir is not None else bundle_dir.parent / f"{bundle_dir.name}.fedserver"
+    state = state_dir_of(bundle_dir, state_dir)
     console = Console(stderr=True)
     key = enroll_key or os.environ.get("FEDYOLO_ENROLL_KEY") or stored_enroll_key(state)
     config = ServerConfig(

@@ -6,12 +6,17 @@ wasm threads (SharedArrayBuffer) where the phone's browser allows them.
 
 from __future__ import annotations
 
+import json
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
-from fastapi import FastAPI
+from fastapi import Depends, FastAPI
 from fastapi.responses import RedirectResponse
 from fastapi.staticfiles import StaticFiles
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from fedyolo.fedserver.errors import ApiError
 
 WEB_DIR = Path(__file__).parent / "web"
 ISOLATION = [
@@ -40,8 +45,22 @@ class CrossOriginIsolation:
         await self.app(scope, receive, send_isolated)
 
 
-def mount_web(app: FastAPI, web_dir: Path = WEB_DIR) -> None:
-    """Serve the page at /app/ (and redirect / there), when the package holds its built files."""
+DEMO_DIR = "web_demo"  # in the state dir, written by `fedyolo serve --web-demo N` (fedyolo/tasks/web_demo.py)
+
+
+def mount_web(app: FastAPI, client: Callable[..., Any], state_dir: Path, web_dir: Path = WEB_DIR) -> None:
+    """Serve the page at /app/ (and redirect / there), when the package holds its built files, and the
+    demo shards; `client` is the app's dependency that authenticates a client and gives its id."""
+
+    @app.get("/v1/web/demo/{task_id}", tags=["web"])
+    def demo_shard(task_id: str, client_id: int = Depends(client)) -> dict[str, Any]:
+        """This client's demo shard of a built-in task: train and held-out items as [label, text]."""
+        path = state_dir / DEMO_DIR / f"{task_id}.json"
+        if "/" in task_id or not path.is_file():
+            raise ApiError("not_found", f"no demo shards for {task_id!r}; start the server with --web-demo N")
+        shards = json.loads(path.read_text())["shards"]
+        return dict(shards[int(client_id) % len(shards)])
+
     if not (web_dir / "index.html").is_file():
         return  # a source tree where `make web` has not run: the API alone
     app.add_middleware(CrossOriginIsolation)

@@ -65,6 +65,9 @@ export class WebClient {
 
   tasks() { return this.conn.json("GET", "/v1/tasks").then((b) => b.tasks); }
 
+  /** The server's demo shard for this phone: {train, held_out} as [label, text] rows. */
+  demoShard(taskId) { return this.conn.json("GET", `/v1/web/demo/${taskId}`); }
+
   /** A bundle file, from IndexedDB when its sha256 is there, else downloaded and checked. */
   async file(entry, fromServer) {
     const kept = await getFile(entry.sha256);

@@ -23,6 +23,7 @@ from fedyolo.runtime.ort_trainer import OrtTrainer
 from fedyolo.runtime.plan import FederationPlan
 from fedyolo.runtime.wire import decode_module
 from fedyolo.tasks import load_task
+from fedyolo.tasks.web_demo import write_demo_shards
 
 ROOT = Path(__file__).resolve().parents[2]
 WEB = ROOT / "android_demo" / "web"
@@ -89,12 +90,10 @@ def test_two_phones_and_a_python_client_finish_two_rounds(tiny_bert_bundle: Path
     config = ServerConfig(
         bundle_dir=bundle.root, state_dir=tmp_path / "state", plan=plan, min_clients=3, enroll_key=KEY
     )
+    write_demo_shards(bundle.root, tmp_path / "state", shards=3)
     pages = [
-        {
-            "examples": as_lines(shard(builtin.train, c, 3, 60)),
-            ("reload_before_upload", "drop_first_upload")[c]: True,
-        }
-        for c in range(2)
+        {"examples": as_lines(shard(builtin.train, 0, 3, 60)), "reload_before_upload": True},
+        {"demo": True, "drop_first_upload": True},  # trains on the shard the server assigns it
     ]
     shots = tmp_path / "shots"
     shots.mkdir()
@@ -135,6 +134,7 @@ def test_two_phones_and_a_python_client_finish_two_rounds(tiny_bert_bundle: Path
         assert losses[-1] < losses[0]  # the page's loss fell
         assert page["accuracy"][-1]["which"] == "final" and page["accuracy"][-1]["version"] == 2
         assert page["bytesSent"] >= task.wire_bytes
+    assert result["pages"][1]["accuracy"][-1]["examples"] == 15  # the demo shard's held-out items
     reloaded, dropped = result["pages"][0]["events"], result["pages"][1]["events"]
     assert reloaded["reloaded"] and reloaded["before_reload"]["epochs"]  # it had trained when reloaded
     assert dropped["dropped"]

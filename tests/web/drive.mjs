@@ -1,5 +1,5 @@
 // Drives phone pages in Debian's chromium with playwright-core (mobile emulation, 360 px wide).
-// Job on stdin: {url, key, chromium, shots, timeout_s, pages: [{examples, reload_before_upload?, drop_first_upload?}],
+// Job on stdin: {url, key, chromium, shots, timeout_s, pages: [{examples | demo: true, reload_before_upload?, drop_first_upload?}],
 // parity?: {task, texts, labels, steps, lr}}.
 // Prints {pages: [window.fedyolo of each page at the end], ...} as JSON.
 import { readFileSync } from "node:fs";
@@ -41,7 +41,10 @@ async function phone(spec, i) {
   }
   await page.goto(`${job.url}/app/#enroll=${job.key}`);
   await page.waitForFunction(() => window.fedyolo.tasks?.length > 0);
-  await page.fill("#examples", spec.examples);
+  if (spec.demo) {
+    await page.click("#demo");
+    await page.waitForFunction(() => window.fedyolo.phase.startsWith("demo shard"));
+  } else await page.fill("#examples", spec.examples);
   await page.click("#join");
   const deadline = Date.now() + job.timeout_s * 1000;
   let shot = false;

@@ -38,9 +38,10 @@ async function join() {
     if (!$("task").value) throw new Error("no task chosen: enter the enrollment key first, then pick a task");
     localStorage.setItem("fedyolo.examples", $("examples").value);
     const all = parseExamples($("examples").value);
-    const held = Math.max(1, Math.floor(all.length / 5)); // every fifth example is held out
-    const heldOut = all.filter((_, i) => i % 5 === 4).slice(0, held);
-    const train = all.filter((_, i) => i % 5 !== 4);
+    const demoHeldOut = JSON.parse(localStorage.getItem("fedyolo.heldOut") || "null");
+    // The demo shard brings its own held-out items; else every fifth example is held out.
+    const heldOut = demoHeldOut ?? all.filter((_, i) => i % 5 === 4);
+    const train = demoHeldOut ? all : all.filter((_, i) => i % 5 !== 4);
     await client.register($("key").value.trim());
     localStorage.setItem("fedyolo.task", $("task").value);
     state.phase = "downloading the bundle";
@@ -70,7 +71,23 @@ async function loadTasks() {
   show();
 }
 
+async function useDemo() {
+  try {
+    await client.register($("key").value.trim());
+    const shard = await client.demoShard($("task").value);
+    const lines = (rows) => rows.map(([label, text]) => `${label}\t${text.replace(/\s+/g, " ")}`);
+    $("examples").value = lines(shard.train).join("\n");
+    localStorage.setItem("fedyolo.heldOut", JSON.stringify(shard.held_out.map(([label, text]) => ({ label, text }))));
+    state.phase = `demo shard: ${shard.train.length} examples to train on, ${shard.held_out.length} held out`;
+  } catch (e) {
+    state.phase = `error: ${e.message}`;
+  }
+  show();
+}
+
 const client = new WebClient(location.origin, on);
+$("demo").addEventListener("click", useDemo);
+$("examples").addEventListener("input", () => localStorage.removeItem("fedyolo.heldOut")); // own examples
 const params = new URLSearchParams(location.hash.slice(1));
 $("key").value = params.get("enroll") || localStorage.getItem("fedyolo.key") || "";
 $("key").addEventListener("change", () => { localStorage.setItem("fedyolo.key", $("key").value.trim()); loadTasks(); });
