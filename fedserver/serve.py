@@ -192,5 +192,5 @@ def serve_command(
         console.print(f"enrollment key: [bold]{key}[/bold]  (kept in {state / ENROLL_KEY_FILE})")
     scheme = "https" if ssl_certfile else "http"
     console.print(f"state: {state}   serving {bundle_dir} at {scheme}://{host}:{port}  (API docs: /docs)")
-    console.print(f"phones: open {page_url(scheme, host, port, key)}")
+    console.print(f"phones: open {page_url(scheme, host, port, key)}", soft_wrap=True)
     serve(config, host, port, ssl_certfile, ssl_keyfile, log_level, workers)

@@ -7,6 +7,7 @@ wasm threads (SharedArrayBuffer) where the phone's browser allows them.
 from __future__ import annotations
 
 import json
+import socket
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -71,7 +72,17 @@ def mount_web(app: FastAPI, client: Callable[..., Any], state_dir: Path, web_dir
         return RedirectResponse("/app/")
 
 
+def lan_address() -> str:
+    """This machine's address on its network, as a phone there would reach it (no packet is sent)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+        try:
+            probe.connect(("10.255.255.255", 1))
+            return str(probe.getsockname()[0])
+        except OSError:
+            return "127.0.0.1"
+
+
 def page_url(scheme: str, host: str, port: int, enroll_key: str) -> str:
     """The page's address, with the enrollment key in the fragment (never sent to the server)."""
-    shown = "localhost" if host in ("127.0.0.1", "0.0.0.0", "::") else host
+    shown = lan_address() if host in ("0.0.0.0", "::", "") else host
     return f"{scheme}://{shown}:{port}/app/#enroll={enroll_key}"
