@@ -118,7 +118,6 @@ def test_two_phones_and_a_python_client_finish_two_rounds(tiny_bert_bundle: Path
             "pages": pages,
         }
         result = node(DRIVER, job, 420)
-        shutil.copytree(shots, ROOT / "out" / "web_shots", dirs_exist_ok=True)
         thread.join(timeout=60)
         with FederationClient(url, state_dir=tmp_path / "observer") as observer:
             observer.register(KEY)
@@ -187,6 +186,5 @@ def test_the_page_and_the_python_runtime_take_the_same_first_steps(
             300,
         )
     # Assert
-    print("first-step losses, page vs python:", page["parity"], python)
     np.testing.assert_allclose(page["parity"], python, rtol=LOSS_TOLERANCE)
     assert python[-1] < python[0]
