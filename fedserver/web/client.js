@@ -53,7 +53,13 @@ export class WebClient {
   }
 
   async register(enrollKey) {
-    if (this.conn.token) return;
+    if (this.conn.token) {
+      const check = await this.conn.request("GET", "/v1/tasks");
+      if (check.status !== 401) return;
+      // A server that no longer knows this phone (its state was reset): register afresh, forget its rounds.
+      this.conn.token = null;
+      for (const k of Object.keys(localStorage)) if (k.startsWith("fedyolo.submitted.")) localStorage.removeItem(k);
+    }
     const name = `web-${Math.random().toString(36).slice(2, 10)}`;
     const body = await this.conn.json("POST", "/v1/clients", {
       headers: { "content-type": "application/json" },
