@@ -123,6 +123,7 @@ export class WebClient {
   /** Take part in rounds of `taskId` until it is finished. examples/heldOut: [{text, label}]. */
   async run(taskId, examples, heldOut) {
     const { task, trainer, tokenizer } = await this.syncBundle(taskId);
+    if (task.input.kind !== "text") throw new Error(`task ${taskId} takes images; this page trains text tasks only`);
     const labelId = (e) => {
       const i = task.labels.indexOf(e.label);
       if (i < 0) throw new Error(`label ${JSON.stringify(e.label)} is not one of the task's: ${task.labels.join(", ")}`);
