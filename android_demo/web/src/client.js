@@ -172,7 +172,8 @@ export class WebClient {
       this.on.epoch(info.round, epoch + 1, sum / steps);
     }
     const body = encodeSafetensors(await trainer.getModule(), task.wire_dtype || "float32");
-    const metrics = { accuracy: before.accuracy, loss: before.loss, train_loss: losses.reduce((a, b) => a + b) / losses.length };
+    const all = { accuracy: before.accuracy, loss: before.loss, train_loss: losses.reduce((a, b) => a + b) / losses.length };
+    const metrics = Object.fromEntries(Object.entries(all).filter(([, v]) => Number.isFinite(v))); // as train_round
     const pending = { round: info.round, key: crypto.randomUUID?.() ?? `${Date.now()}-${Math.random()}`.replace(".", ""), examples: train.labels.length, metrics, body, losses };
     await putPending(task.task_id, pending); // from here on a reload re-sends this exact update
     return pending;
