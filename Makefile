@@ -6,9 +6,25 @@ BIN     = $(VENV)/bin
 # protobuf below the versions the main environment tests (flower-constraints.txt has the combination).
 FLOWER_VENV ?= .venv-flower
 
-.PHONY: setup setup-flower demo test lint bench clean
+.PHONY: setup setup-flower web web-check demo test lint bench clean
 
-setup: $(VENV)/.installed
+setup: $(VENV)/.installed web-check
+
+# The phone's page (android_demo/web): npm installs the lockfile's exact versions (onnxruntime-web's
+# training build, playwright-core for the tests); the build copies the sources and the one wasm variant
+# into fedserver/web, committed, so `pip install fedyolo[server]` serves the page with no npm.
+# `make web` rebuilds after an edit; setup checks that the committed build equals a fresh one.
+WEB = android_demo/web
+$(WEB)/node_modules/.installed: $(WEB)/package-lock.json
+	cd $(WEB) && npm ci --no-audit --no-fund --loglevel=error
+	touch $@
+
+web: $(WEB)/node_modules/.installed
+	cd $(WEB) && node build.mjs
+
+web-check:
+	@if command -v npm >/dev/null; then $(MAKE) -s $(WEB)/node_modules/.installed && cd $(WEB) && node build.mjs --check; \
+	else echo "npm not found: serving the committed fedserver/web; the browser tests will skip"; fi
 
 # Every extra, at the exact versions CI tests (constraints.txt; pyproject.toml holds the ranges). torch
 # is pinned to 2.13.0 (the CPU build); an unpinned torch would pull a multi-GB CUDA build.
@@ -43,4 +59,4 @@ bench: setup
 	$(BIN)/python benchmarks/step.py
 
 clean:
-	rm -rf $(VENV) $(FLOWER_VENV) demo_out .pytest_cache .mypy_cache .ruff_cache .import_linter_cache
+	rm -rf $(VENV) $(FLOWER_VENV) $(WEB)/node_modules demo_out .pytest_cache .mypy_cache .ruff_cache .import_linter_cache

@@ -33,6 +33,7 @@ from fedyolo.export.backbone_store import (
 from fedyolo.export.backbones import Backbone
 from fedyolo.export.classifier import TaskModel
 from fedyolo.export.onnx_export import OnnxArtifacts
+from fedyolo.export.web_form import WEB_FILES, write_web_form
 from fedyolo.runtime.durable import write_atomic
 from fedyolo.runtime.errors import BundleError
 from fedyolo.runtime.manifest import (
@@ -150,6 +151,7 @@ def _write_task_files(
         externalize_frozen(task_dir / graph, frozen, tensors, location)
     weights = _trainable_checkpoint(model, artifacts.trainable, task_dir / CHECKPOINT)
     save_file(weights, str(task_dir / MODULE_WEIGHTS))
+    write_web_form(task_dir, weights, list(artifacts.trainable), tensors)  # what a browser trains
     return weights
 
 
@@ -175,7 +177,7 @@ def write_task(
     _write_task_files(artifacts.directory, model, layout, tensors, artifacts)
     files = {
         name: file_entry(artifacts.directory / name)
-        for name in (TRAINING_MODEL, EVAL_MODEL, OPTIMIZER_MODEL, CHECKPOINT, MODULE_WEIGHTS)
+        for name in (TRAINING_MODEL, EVAL_MODEL, OPTIMIZER_MODEL, CHECKPOINT, MODULE_WEIGHTS, *WEB_FILES)
     }
     params = dict(model.named_parameters())
     spec = TaskSpec(

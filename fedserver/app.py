@@ -46,6 +46,7 @@ from fedyolo.fedserver.schemas import (
 )
 from fedyolo.fedserver.store import Store, start_up_errors
 from fedyolo.fedserver.uploads import Update
+from fedyolo.fedserver.web import mount_web
 from fedyolo.runtime.bundle import Bundle, open_bundle
 from fedyolo.runtime.manifest import BACKBONE_FILE, MANIFEST_NAME, TOKENIZER_FILE, FileEntry, file_entry
 
@@ -243,6 +244,7 @@ def create_app(config: ServerConfig, recover: bool = True) -> FastAPI:
         responses=ERRORS,
     )
     app.state.rounds = rounds
+    mount_web(app, client_id, config.state_dir)
     app.state.aggregator = aggregator
     app.state.clients = clients
 

@@ -21,6 +21,7 @@ from fedyolo.fedserver.errors import ServerConfigError
 from fedyolo.fedserver.http_limits import HttpLimits, protocol
 from fedyolo.fedserver.rounds import Rounds
 from fedyolo.fedserver.store import Store, start_up_errors
+from fedyolo.fedserver.web import page_url
 from fedyolo.runtime.bundle import open_bundle
 from fedyolo.runtime.plan import FederationPlan
 
@@ -136,6 +137,12 @@ def stored_enroll_key(state_dir: Path) -> str:
     return key
 
 
+def state_dir_of(bundle: str | os.PathLike[str], state_dir: str | os.PathLike[str] | None) -> Path:
+    """The server's state directory: `state_dir`, or `<bundle>.fedserver` beside the bundle."""
+    bundle_dir = Path(bundle)
+    return Path(state_dir) if state_dir is not None else bundle_dir.parent / f"{bundle_dir.name}.fedserver"
+
+
 def serve_command(
     bundle: str | os.PathLike[str],
     plan: FederationPlan,
@@ -163,7 +170,7 @@ def serve_command(
     kept there, so a restart accepts the same key.
     """
     bundle_dir = Path(bundle)
-    state = Path(state_dir) if state_dir is not None else bundle_dir.parent / f"{bundle_dir.name}.fedserver"
+    state = state_dir_of(bundle_dir, state_dir)
     console = Console(stderr=True)
     key = enroll_key or os.environ.get("FEDYOLO_ENROLL_KEY") or stored_enroll_key(state)
     config = ServerConfig(
@@ -185,4 +192,5 @@ def serve_command(
         console.print(f"enrollment key: [bold]{key}[/bold]  (kept in {state / ENROLL_KEY_FILE})")
     scheme = "https" if ssl_certfile else "http"
     console.print(f"state: {state}   serving {bundle_dir} at {scheme}://{host}:{port}  (API docs: /docs)")
+    console.print(f"phones: open {page_url(scheme, host, port, key)}", soft_wrap=True)
     serve(config, host, port, ssl_certfile, ssl_keyfile, log_level, workers)

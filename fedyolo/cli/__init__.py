@@ -230,11 +230,18 @@ def serve_cmd(
     max_connections: Annotated[
         int, typer.Option(min=1, help="open connections per server process; beyond: 503 server_busy")
     ] = 1000,
+    web_demo: Annotated[
+        int, typer.Option(min=0, help="phones get one of N demo shards of each built-in task; 0 off")
+    ] = 0,
 ) -> None:
     """Serve federated rounds for every task of a bundle (HTTP/JSON, SQLite + blobs, durable)."""
-    from fedyolo.fedserver.serve import serve_command
+    from fedyolo.fedserver.serve import serve_command, state_dir_of
 
     plan = FederationPlan.from_options(locals())  # the plan's options, named after its fields
+    if web_demo:
+        from fedyolo.tasks.web_demo import write_demo_shards
+
+        write_demo_shards(bundle, state_dir_of(bundle, state_dir), web_demo)
     serve_command(
         bundle,
         plan,

@@ -4,6 +4,7 @@ task carries only its module, and two tasks resident in one process share one ba
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import shutil
 from dataclasses import dataclass
@@ -17,6 +18,7 @@ from safetensors.numpy import load_file
 from fedyolo.export import bundle_writer
 from fedyolo.export.backbones import load_backbone
 from fedyolo.export.pipeline import build_task_model, export_onnx
+from fedyolo.export.web_form import WEB_CHECKPOINT, WEB_EVAL_MODEL, WEB_PARAMS, WEB_TRAINING_MODEL
 from fedyolo.runtime.bundle import open_bundle
 from fedyolo.runtime.manifest import (
     BACKBONE_FILE,
@@ -149,7 +151,8 @@ def test_task_files_hold_no_copy_of_the_backbone(multi: MultiTask) -> None:
             for tensor, needle in needles:
                 assert needle not in content, f"{task_id}/{name} holds a copy of backbone tensor {tensor}"
         if spec.module_kind != "full":
-            task_bytes = sum(e.bytes for e in spec.files.values())
+            # The browser's form repeats the two graphs (web_form.py); it too holds no backbone (above).
+            task_bytes = sum(e.bytes for n, e in spec.files.items() if not n.startswith("web"))
             assert task_bytes < manifest.backbone.file.bytes / 10, f"task {task_id} is not small"
 
 
@@ -352,3 +355,54 @@ def test_bundle_files_are_readable_as_the_umask_allows(multi: MultiTask) -> None
     for path in (multi.root, *multi.root.rglob("*")):
         want = (0o777 if path.is_dir() else 0o666) & ~umask
         assert path.stat().st_mode & 0o777 == want, path
+
+
+def test_the_browser_form_trains_as_the_bundle_does_for_every_kind(multi: MultiTask) -> None:
+    # Prepare: per task, the parameter buffer as the page assembles it from web.json (backbone.bin
+    # slices and module tensors), loaded into the browser form's graphs by the same ORT call it makes
+    C = load_ort()
+    bundle = open_bundle(multi.root)
+    backbone = np.fromfile(bundle.backbone_path, dtype=np.uint8)
+    device = C.OrtDevice(C.OrtDevice.cpu(), C.OrtDevice.default_memory(), 0)
+    for task_id in KINDS:
+        task_dir, spec = bundle.task_dir(task_id), bundle.task(task_id)
+        layout = json.loads((task_dir / WEB_PARAMS).read_text())
+        module = load_file(str(task_dir / MODULE_WEIGHTS))
+        buffer = np.concatenate(
+            [
+                backbone[p["offset"] : p["offset"] + p["length"]].view(np.float32)
+                if p["from"] == "backbone"
+                else module[p["name"]].ravel()
+                for p in layout["params"]
+            ]
+        )
+        state = C.load_checkpoint(str(task_dir / WEB_CHECKPOINT))
+        web = C.Module(
+            str(task_dir / WEB_TRAINING_MODEL),
+            state,
+            str(task_dir / WEB_EVAL_MODEL),
+            device,
+            C.SessionOptions(),
+        )
+        web.copy_buffer_to_parameters(C.OrtValue.ortvalue_from_numpy(buffer, device), False)
+        rng = np.random.default_rng(0)
+        batch = {
+            "input_ids": rng.integers(1000, 2000, (4, spec.input.max_length), dtype=np.int64),
+            "attention_mask": np.ones((4, spec.input.max_length), dtype=np.int64),
+            "labels": rng.integers(0, len(spec.labels), 4, dtype=np.int64),
+        }
+        # Execute
+        outputs = C.OrtValueVector()
+        web.train_step([batch[n] for n in web.input_names(True)], outputs)
+        loss = float(outputs[0].numpy())
+        web_grads = {t.name: np.array(state.get_parameter(t.name).grad.numpy()) for t in spec.trainable}
+        del outputs, web, state  # the module before the state it points into (ORT frees in that order)
+        expected, grads = OrtTrainer(bundle, task_id).gradients(batch)
+        # Assert: same loss, same gradients, every trainable tensor among the page's module parameters
+        assert loss == pytest.approx(expected, rel=1e-6), task_id
+        for name, grad in grads.items():
+            np.testing.assert_allclose(web_grads[name], grad, rtol=1e-4, atol=1e-7, err_msg=task_id)
+        assert {p["name"] for p in layout["params"] if p["from"] == "module"} == {
+            t.name for t in spec.trainable
+        }
+        assert (task_dir / WEB_CHECKPOINT).stat().st_size < 20_000 or spec.module_kind == "full"  # nominal
