@@ -21,7 +21,7 @@ from fedyolo.fedserver.errors import ServerConfigError
 from fedyolo.fedserver.http_limits import HttpLimits, protocol
 from fedyolo.fedserver.rounds import Rounds
 from fedyolo.fedserver.store import Store, start_up_errors
-from fedyolo.fedserver.web import page_url
+from fedyolo.fedserver.web import page_qr, page_url
 from fedyolo.runtime.bundle import open_bundle
 from fedyolo.runtime.plan import FederationPlan
 
@@ -192,5 +192,7 @@ def serve_command(
         console.print(f"enrollment key: [bold]{key}[/bold]  (kept in {state / ENROLL_KEY_FILE})")
     scheme = "https" if ssl_certfile else "http"
     console.print(f"state: {state}   serving {bundle_dir} at {scheme}://{host}:{port}  (API docs: /docs)")
-    console.print(f"phones: open {page_url(scheme, host, port, key)}", soft_wrap=True)
+    url = page_url(scheme, host, port, key)
+    console.print(f"phones: open {url}  (or scan:)", soft_wrap=True)
+    console.out(page_qr(url), end="", highlight=False)
     serve(config, host, port, ssl_certfile, ssl_keyfile, log_level, workers)

@@ -86,3 +86,14 @@ def page_url(scheme: str, host: str, port: int, enroll_key: str) -> str:
     """The page's address, with the enrollment key in the fragment (never sent to the server)."""
     shown = lan_address() if host in ("0.0.0.0", "::", "") else host
     return f"{scheme}://{shown}:{port}/app/#enroll={enroll_key}"
+
+
+def page_qr(url: str) -> str:
+    """`url` as a QR code drawn with block characters, for a phone's camera to read off the terminal."""
+    import io
+
+    import segno
+
+    out = io.StringIO()
+    segno.make(url, error="l").terminal(out, compact=True, border=2)
+    return out.getvalue()

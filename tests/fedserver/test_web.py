@@ -6,7 +6,7 @@ import json
 from collections.abc import Callable
 
 from fedyolo.fedserver.config import ServerConfig
-from fedyolo.fedserver.web import DEMO_DIR, WEB_DIR
+from fedyolo.fedserver.web import DEMO_DIR, WEB_DIR, page_qr
 from fedyolo.runtime.manifest import sha256_file
 from tests.fedserver.conftest import Api
 
@@ -50,3 +50,25 @@ def test_the_committed_page_is_the_build_it_lists() -> None:
     shipped = {p.relative_to(WEB_DIR).as_posix(): p for p in WEB_DIR.rglob("*") if p.is_file()}
     assert set(shipped) - {"SHA256SUMS"} == set(sums)
     assert {name: sha256_file(shipped[name]) for name in sums} == sums
+
+
+def test_the_pages_address_is_drawn_as_a_qr_code_a_camera_can_read() -> None:
+    # Prepare: the QR symbol the terminal drawing must reproduce, module by module
+    import segno
+
+    url = "http://192.168.1.20:8080/app/#enroll=abcdefghijklmnopqrst"
+    symbol = [list(row) for row in segno.make(url, error="l").matrix]
+    # Execute
+    drawing = page_qr(url).splitlines()
+    # Assert: each character is two modules stacked (upper, lower); dark modules are blank on the
+    # terminal's light-on-dark blocks, i.e. '█' is two light modules (the border included)
+    halves = {"█": (0, 0), "▀": (0, 1), "▄": (1, 0), " ": (1, 1)}
+    border = 2
+    size = len(symbol) + 2 * border
+    read = [[0] * size for _ in range(2 * len(drawing))]
+    for y, line in enumerate(drawing):
+        assert len(line) == size
+        for x, ch in enumerate(line):
+            read[2 * y][x], read[2 * y + 1][x] = halves[ch]
+    inner = [row[border : border + len(symbol)] for row in read[border : border + len(symbol)]]
+    assert inner == symbol
