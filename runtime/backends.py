@@ -39,7 +39,11 @@ class Backend:
                 if module == self.trainer_module:
                     return f"this fedyolo has no {self.name} trainer ({module})"
                 return f"{module} is not installed ({self.install})"
-        if bundle is not None and task_id is not None and self.name not in task_backends(bundle.task(task_id)):
+        if (
+            bundle is not None
+            and task_id is not None
+            and self.name not in task_backends(bundle.task(task_id))
+        ):
             return f"task {task_id!r} was not exported for {self.name}"
         return None
 

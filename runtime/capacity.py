@@ -38,7 +38,9 @@ def task_backends(task: TaskSpec) -> list[str]:
     """The backends whose files the task holds (exported for)."""
     out = []
     for backend, needed in BACKEND_FILES.items():
-        if all(any(name == f or (f.startswith(".") and name.endswith(f)) for name in task.files) for f in needed):
+        if all(
+            any(name == f or (f.startswith(".") and name.endswith(f)) for name in task.files) for f in needed
+        ):
             out.append(backend)
     return out
 
@@ -67,7 +69,9 @@ def check_sequence(manifest: Manifest, seq: int) -> None:
     """A one-line error when `seq` tokens exceed what the backbone's position embedding holds."""
     longest = max_positions(manifest)
     if seq < 2:
-        raise FedyoloError(f"a sequence of {seq} tokens leaves no room for [CLS] and [SEP]; use --seq 2 or more")
+        raise FedyoloError(
+            f"a sequence of {seq} tokens leaves no room for [CLS] and [SEP]; use --seq 2 or more"
+        )
     if longest and seq > longest:
         raise FedyoloError(
             f"a sequence of {seq} tokens is longer than backbone {manifest.backbone.id!r} allows "

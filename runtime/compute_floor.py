@@ -20,8 +20,8 @@ from typing import Any
 import numpy as np
 
 from fedyolo.runtime.bundle import Bundle
-from fedyolo.runtime.ort_import import load_ort
 from fedyolo.runtime.manifest import CHECKPOINT, TRAINING_MODEL
+from fedyolo.runtime.ort_import import load_ort
 from fedyolo.runtime.ort_trainer import SharedBackbone, cpu_device
 from fedyolo.runtime.trainer import Batch
 
@@ -90,9 +90,12 @@ def step_flops(bundle: Bundle, task_id: str, batch: Batch, threads: int = 0) -> 
         state = C.load_checkpoint(str(task_dir / CHECKPOINT))
         module = C.Module(str(task_dir / TRAINING_MODEL), state, None, cpu_device(), options)
         names = list(module.input_names(True))
-        feed = [np.ascontiguousarray(batch[n], np.float32 if n == "pixel_values" else np.int64) for n in names]
+        feed = [
+            np.ascontiguousarray(batch[n], np.float32 if n == "pixel_values" else np.int64) for n in names
+        ]
         module.train_step(feed, C.OrtValueVector())
-        del module, state, backbone  # users before what they use; ORT writes a session's profile when the session is destroyed
+        # ORT writes a session's profile when the session is destroyed; users before what they use
+        del module, state, backbone
         gc.collect()
         events: list[dict[str, Any]] = []
         for path in glob.glob(prefix + "*.json"):

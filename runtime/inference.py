@@ -101,7 +101,9 @@ def export_inference(
     inputs = [i for i in graph.input if i.name not in trainable]
     del graph.input[:]
     graph.input.extend(inputs)
-    graph.initializer.extend(numpy_helper.from_array(np.asarray(weights[n], np.float32), n) for n in sorted(trainable))
+    graph.initializer.extend(
+        numpy_helper.from_array(np.asarray(weights[n], np.float32), n) for n in sorted(trainable)
+    )
     _prune(graph, [task.logits_output])
     for tensor in graph.initializer:
         for entry in tensor.external_data:
@@ -173,12 +175,17 @@ class InferenceModel:
         options = C.SessionOptions()
         if threads:
             options.intra_op_num_threads = threads
-        self._session = InferenceSession(str(folder / MODEL_FILE), options, providers=["CPUExecutionProvider"])
+        self._session = InferenceSession(
+            str(folder / MODEL_FILE), options, providers=["CPUExecutionProvider"]
+        )
         self._inputs = [i.name for i in self._session.get_inputs()]
 
     def predict(self, batch: dict[str, np.ndarray]) -> np.ndarray:
         """Logits [batch, num_labels]."""
-        feed = {n: np.ascontiguousarray(batch[n], np.float32 if n == "pixel_values" else np.int64) for n in self._inputs}
+        feed = {
+            n: np.ascontiguousarray(batch[n], np.float32 if n == "pixel_values" else np.int64)
+            for n in self._inputs
+        }
         logits: np.ndarray = self._session.run(None, feed)[0]
         return logits
 

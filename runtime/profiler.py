@@ -65,7 +65,8 @@ def mapped_rss_bytes(path: Path) -> int:
     with open("/proc/self/smaps") as f:
         for line in f:
             first = line.split(maxsplit=1)[0]
-            if "-" in first and not first.endswith(":"):  # a mapping's header: range perms offset dev inode path
+            # a mapping's header line: address-range perms offset dev inode path
+            if "-" in first and not first.endswith(":"):
                 inside = line.rstrip("\n").endswith(target)
             elif inside and first == "Rss:":
                 total += 1024 * int(line.split()[1])
@@ -79,7 +80,9 @@ def synthetic_batch(manifest: Manifest, task: TaskSpec, batch: int, seq: int, se
     if task.input.kind == "image":
         pixels = rng.standard_normal((batch, *task.input.image_shape), dtype=np.float32)
         return {"pixel_values": pixels, "labels": labels}
-    vocab = next((t.shape[0] for t in manifest.backbone.tensors if t.name.endswith("word_embeddings.weight")), 1000)
+    vocab = next(
+        (t.shape[0] for t in manifest.backbone.tensors if t.name.endswith("word_embeddings.weight")), 1000
+    )
     ids = rng.integers(min(1000, vocab - 1), vocab, (batch, seq), dtype=np.int64)
     return {"input_ids": ids, "attention_mask": np.ones((batch, seq), np.int64), "labels": labels}
 
@@ -113,7 +116,8 @@ def measure(bundle_dir: str, task_id: str, case: Case) -> dict[str, Any]:
         losses.append(trainer.step(batch))
     times: list[float] = []
     began = time.perf_counter()
-    while (len(times) < case.steps) if case.duration_s <= 0 else (time.perf_counter() - began < case.duration_s):
+    sustained = case.duration_s > 0
+    while (time.perf_counter() - began < case.duration_s) if sustained else (len(times) < case.steps):
         start = time.perf_counter()
         losses.append(trainer.step(batch))
         times.append(time.perf_counter() - start)

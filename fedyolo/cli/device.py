@@ -19,7 +19,8 @@ def register(app: typer.Typer, export_app: typer.Typer) -> None:
         bundle: Annotated[Path, typer.Argument(help="bundle folder")],
         task: Annotated[str, typer.Option(help="task id in the bundle")],
         backend: Annotated[
-            list[str] | None, typer.Option(help="ort, executorch (repeat for several); default: every one present")
+            list[str] | None,
+            typer.Option(help="ort, executorch (repeat for several); default: every one present"),
         ] = None,
         batch: Annotated[str, typer.Option(help="batch sizes, comma-separated")] = "8",
         seq: Annotated[str, typer.Option(help="tokens per example, comma-separated")] = "32",
@@ -49,7 +50,9 @@ def register(app: typer.Typer, export_app: typer.Typer) -> None:
 
     @app.command("predict")
     def predict_cmd(
-        model: Annotated[Path, typer.Argument(help="bundle folder, or a folder from `export onnx-inference`")],
+        model: Annotated[
+            Path, typer.Argument(help="bundle folder, or a folder from `export onnx-inference`")
+        ],
         texts: Annotated[list[str], typer.Argument(help="texts to classify")],
         task: Annotated[str | None, typer.Option(help="task id (a bundle only)")] = None,
         module: Annotated[
@@ -70,7 +73,9 @@ def register(app: typer.Typer, export_app: typer.Typer) -> None:
         module: Annotated[
             Path | None, typer.Option(help="trained module.safetensors (default: the bundle's initial one)")
         ] = None,
-        int8: Annotated[bool, typer.Option(help="dynamic int8 quantization, per channel (ONNX Runtime)")] = False,
+        int8: Annotated[
+            bool, typer.Option(help="dynamic int8 quantization, per channel (ONNX Runtime)")
+        ] = False,
     ) -> None:
         """An inference-only ONNX model of a task's trained module over the frozen backbone (no torch needed)."""
         from fedyolo.cli.predict import export_inference_command

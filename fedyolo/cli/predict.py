@@ -21,7 +21,9 @@ def _module(bundle: Bundle, task_id: str, path: Path | None) -> ModuleWeights:
     if path is None:
         return initial_module(bundle, task_id)
     if not path.is_file():
-        raise FedyoloError(f"--module {path}: no such file; give the safetensors `fedyolo train --save` wrote")
+        raise FedyoloError(
+            f"--module {path}: no such file; give the safetensors `fedyolo train --save` wrote"
+        )
     return decode_module(path.read_bytes(), bundle.task(task_id))
 
 
@@ -31,7 +33,12 @@ def _text_task(bundle: Bundle, task_id: str) -> None:
 
 
 def predict_command(
-    model: Path, texts: list[str], task_id: str | None, module: Path | None, top: int, console: Console | None = None
+    model: Path,
+    texts: list[str],
+    task_id: str | None,
+    module: Path | None,
+    top: int,
+    console: Console | None = None,
 ) -> list[list[tuple[str, float]]]:
     """Print the top labels and scores of each text; returns them."""
     console = console or Console()
@@ -44,7 +51,9 @@ def predict_command(
         logits = inference.predict(encoded)
     elif (model / MANIFEST_NAME).is_file():
         if task_id is None:
-            raise FedyoloError("--task is missing; name the task of the bundle to predict with, e.g. --task topics")
+            raise FedyoloError(
+                "--task is missing; name the task of the bundle to predict with, e.g. --task topics"
+            )
         from fedyolo.runtime.ort_trainer import OrtTrainer
 
         bundle = open_bundle(model, tasks=[task_id])
@@ -73,7 +82,9 @@ def predict_command(
     return answers
 
 
-def export_inference_command(bundle_dir: Path, task_id: str, out: Path, module: Path | None, int8: bool) -> None:
+def export_inference_command(
+    bundle_dir: Path, task_id: str, out: Path, module: Path | None, int8: bool
+) -> None:
     """Write the inference model and say what it holds."""
     bundle = open_bundle(bundle_dir, tasks=[task_id])
     check_backend(bundle.task(task_id), "ort")

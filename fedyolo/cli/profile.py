@@ -35,7 +35,9 @@ def int_list(text: str, what: str) -> list[int]:
     except ValueError:
         values = []
     if not values or min(values) < 0 or (what != "--threads" and min(values) < 1):
-        raise FedyoloError(f"{what} {text!r} is not a comma-separated list of positive integers; e.g. {what} 1,8,32")
+        raise FedyoloError(
+            f"{what} {text!r} is not a comma-separated list of positive integers; e.g. {what} 1,8,32"
+        )
     return values
 
 
@@ -69,10 +71,14 @@ def sizes(bundle: Bundle, task_id: str) -> dict[str, Any]:
     """Bytes on disk (backbone once, each task's own files) and bytes a round moves each way."""
     task = bundle.task(task_id)
     zeros = {t.name: np.zeros(t.shape, np.float32) for t in task.trainable}
-    wire = {dtype: len(encode_module(zeros, replace(task, wire_dtype=dtype))) for dtype in ("float32", "float16")}
+    wire = {
+        dtype: len(encode_module(zeros, replace(task, wire_dtype=dtype))) for dtype in ("float32", "float16")
+    }
     return {
         "backbone_bytes": bundle.manifest.backbone.file.bytes,
-        "task_bytes": {tid: sum(f.bytes for f in spec.files.values()) for tid, spec in bundle.manifest.tasks.items()},
+        "task_bytes": {
+            tid: sum(f.bytes for f in spec.files.values()) for tid, spec in bundle.manifest.tasks.items()
+        },
         # a round downloads the global module and uploads the update: the same tensors each way
         "round_bytes_each_way": wire,
         "round_wire_dtype": task.wire_dtype,
@@ -103,10 +109,17 @@ def drift(step_ms: list[float]) -> dict[str, float]:
     """Sustained mode: the median of the first and the last tenth of the steps, and their ratio."""
     k = max(1, len(step_ms) // 10)
     first, last = float(np.median(step_ms[:k])), float(np.median(step_ms[-k:]))
-    return {"first_tenth_ms": first, "last_tenth_ms": last, "last_over_first": last / first, "steps": len(step_ms)}
+    return {
+        "first_tenth_ms": first,
+        "last_tenth_ms": last,
+        "last_over_first": last / first,
+        "steps": len(step_ms),
+    }
 
 
-def plan_backends(bundle: Bundle, task_id: str, wanted: list[str] | None) -> tuple[list[str], list[dict[str, str]]]:
+def plan_backends(
+    bundle: Bundle, task_id: str, wanted: list[str] | None
+) -> tuple[list[str], list[dict[str, str]]]:
     """The backends to measure and those skipped, each with its reason."""
     task = bundle.task(task_id)
     if wanted:
@@ -175,7 +188,10 @@ def profile_command(
         progress.advance(bar, len(threads))
         rows = []
         for case in cases:
-            progress.update(bar, description=f"{case.backend} batch {case.batch} x {case.seq}, {case.threads or 'all'} threads")
+            progress.update(
+                bar,
+                description=f"{case.backend} batch {case.batch} x {case.seq}, {case.threads or 'all'} threads",
+            )
             row = derive(run_case(bundle_dir, task_id, case), gemm)
             row["estimated_bytes"] = estimates[(case.batch, case.seq)]
             rows.append(row)
@@ -217,7 +233,17 @@ def tables(report: dict[str, Any]) -> tuple[Table, Table]:
         f"each way (fp16 {wire['float16'] / 1e3:.0f} KB)",
         title_justify="left",
     )
-    for name in ("backend", "batch×seq", "thr", "peak", "backbone", "module+opt", "activations", "runtime", "estimate"):
+    for name in (
+        "backend",
+        "batch×seq",
+        "thr",
+        "peak",
+        "backbone",
+        "module+opt",
+        "activations",
+        "runtime",
+        "estimate",
+    ):
         memory_table.add_column(name, justify="left" if name == "backend" else "right")
     for r in report["rows"]:
         c, rss = r["case"], r["rss"]

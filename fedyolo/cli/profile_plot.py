@@ -36,7 +36,10 @@ def plot_report(report: dict[str, Any], out: Path) -> None:
     cost.set_title("step time and its compute floor")
     cost.legend(fontsize=7)
 
-    labels = [f"{r['case']['backend']} {r['case']['batch']}×{r['case']['seq']} t{r['case']['threads'] or 'all'}" for r in rows]
+    labels = [
+        f"{r['case']['backend']} {r['case']['batch']}×{r['case']['seq']} t{r['case']['threads'] or 'all'}"
+        for r in rows
+    ]
     bottom = [0.0] * len(rows)
     for part in ("runtime", "backbone", "module_optimizer", "activations"):
         heights = [r["rss"][part] / MB for r in rows]
@@ -56,7 +59,9 @@ def plot_report(report: dict[str, Any], out: Path) -> None:
     over_time.legend(fontsize=7)
 
     m = report["machine"]
-    fig.suptitle(f"fedyolo profile: task {report['task']} on {m['cpu']}, {m['nproc']} cores, load {m['load_avg'][0]}")
+    fig.suptitle(
+        f"fedyolo profile: task {report['task']} on {m['cpu']}, {m['nproc']} cores, load {m['load_avg'][0]}"
+    )
     fig.tight_layout()
     out.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(out, dpi=110)
