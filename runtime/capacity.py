@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from fedyolo.runtime.errors import FedyoloError
+from fedyolo.runtime.errors import BundleError, FedyoloError
 from fedyolo.runtime.manifest import (
     CHECKPOINT,
     EVAL_MODEL,
@@ -46,12 +46,12 @@ def task_backends(task: TaskSpec) -> list[str]:
 
 
 def check_backend(task: TaskSpec, backend: str) -> None:
-    """A BundleError-like one-liner when `task` was exported for another backend than `backend`."""
+    """A one-line BundleError when `task` was exported for another backend than `backend`."""
     have = task_backends(task)
     if backend in have:
         return
     exported = ", ".join(have) if have else "no backend fedyolo knows"
-    raise FedyoloError(
+    raise BundleError(
         f"task {task.task_id!r} in this bundle was exported for {exported}, not {backend}; "
         f"use --backend {have[0] if have else 'ort'} or re-export it with `{EXPORT_COMMANDS.get(backend, 'fedyolo export')}`"
     )
