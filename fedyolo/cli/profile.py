@@ -258,9 +258,11 @@ def tables(report: dict[str, Any]) -> tuple[Table, Table]:
             *key, *(f"{rss[k] / MB:.0f}" for k in ("peak", "backbone", "module_optimizer", "activations", "runtime")),
             f"≥{r['estimated_bytes'] / MB:.0f}",
         )  # fmt: skip
-    for d in report.get("drift", []):
-        time_table.caption = (
-            f"sustained {d['steps']} steps: first tenth {d['first_tenth_ms']:.1f} ms, last tenth "
-            f"{d['last_tenth_ms']:.1f} ms ({d['last_over_first']:.2f}×)"
-        )
+    drifts = [
+        f"sustained, {d['case']['batch']}×{d['case']['seq']} on {d['case']['threads'] or 'all'} threads: "
+        f"{d['steps']} steps, first tenth {d['first_tenth_ms']:.1f} ms, last tenth {d['last_tenth_ms']:.1f} ms "
+        f"({d['last_over_first']:.2f}×)"
+        for d in report.get("drift", [])
+    ]
+    time_table.caption = "\n".join(drifts) or None
     return time_table, memory_table
