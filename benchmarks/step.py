@@ -80,9 +80,13 @@ def sgemm_peak_gflops(threads: int = 2, n: int = 2048) -> float:
     return 2 * n**3 / float(np.median(times)) / 1e9
 
 
-def worker_ort(bundle_dir: str, task: str, steps: int) -> dict[str, Any]:
+def worker_ort(bundle_dir: str, task: str, steps: int, bucketing: bool = True) -> dict[str, Any]:
+    from fedyolo.runtime import ort_trainer
     from fedyolo.runtime.bundle import open_bundle
     from fedyolo.runtime.ort_trainer import OrtTrainer
+
+    if not bucketing:  # the lever's other arm: every batch at the padded length, as before it
+        ort_trainer.trim_padding = lambda batch: batch
 
     data = batches(bundle_dir, task, steps)
     trainer = OrtTrainer(open_bundle(bundle_dir, tasks=[task]), task, lr=1e-3)
@@ -130,11 +134,12 @@ def worker_tasks(bundle_dir: str, tasks: list[str], steps: int, share: bool) -> 
     }
 
 
-def worker_torch(bundle_dir: str, task: str, steps: int) -> dict[str, Any]:
+def worker_torch(bundle_dir: str, task: str, steps: int, bucketing: bool = False) -> dict[str, Any]:
     import torch
 
     from fedyolo.export.backbones import load_backbone
     from fedyolo.export.pipeline import build_task_model
+    from fedyolo.runtime.bucketing import trim_padding
     from fedyolo.runtime.manifest import read_manifest
 
     torch.set_num_threads(2)
@@ -144,6 +149,8 @@ def worker_torch(bundle_dir: str, task: str, steps: int) -> dict[str, Any]:
     optim = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-3)
     times, losses = [], []
     for i, batch in enumerate(batches(bundle_dir, task, steps)[: WARMUP + steps]):
+        if bucketing:  # the same lever in PyTorch: like for like
+            batch = trim_padding(batch)
         t = time.perf_counter()
         logits = model(torch.from_numpy(batch["input_ids"]), torch.from_numpy(batch["attention_mask"]))
         loss = torch.nn.functional.cross_entropy(logits, torch.from_numpy(batch["labels"]))
@@ -200,9 +207,9 @@ def main() -> None:
     if args.worker:
         kind, bundle, *rest = args.worker
         if kind == "ort":
-            result = worker_ort(bundle, rest[0], args.steps)
+            result = worker_ort(bundle, rest[0], args.steps, bucketing=rest[1:] != ["padded"])
         elif kind == "torch":
-            result = worker_torch(bundle, rest[0], args.steps)
+            result = worker_torch(bundle, rest[0], args.steps, bucketing=rest[1:] == ["bucketed"])
         elif kind == "sgemm":
             result = {"gflops": sgemm_peak_gflops(), "torch_loaded": "torch" in sys.modules}
         else:
@@ -232,6 +239,8 @@ def main() -> None:
         sgemm = run_worker(["sgemm", bundle])
         ort = run_worker(["ort", bundle, "topics"])
         eager = run_worker(["torch", bundle, "topics"])
+        ort_padded = run_worker(["ort", bundle, "topics", "padded"])
+        eager_bucketed = run_worker(["torch", bundle, "topics", "bucketed"])
         one = run_worker(["tasks", bundle, "shared", "topics"])
         two = run_worker(["tasks", bundle, "shared", "topics", "language"])
         two_unshared = run_worker(["tasks", bundle, "private", "topics", "language"])
@@ -255,13 +264,18 @@ def main() -> None:
                 "seq": SEQ,
             },
             "export_seconds": export_seconds,
-            "ort": ort,
-            "pytorch_eager": eager,
+            "ort": ort,  # length bucketing on (the runtime's default)
+            "pytorch_eager": eager,  # padded to 32, as before
+            "ort_padded": ort_padded,  # bucketing off
+            "pytorch_eager_bucketed": eager_bucketed,
             "sgemm_peak_gflops": sgemm["gflops"],
             "step_gflop_estimate": flop,
             "fp32_floor_ms": floor_ms,
             "ratios": {
                 "ort_over_pytorch_step": ort["median_ms"] / eager["median_ms"],
+                "ort_padded_over_pytorch_step": ort_padded["median_ms"] / eager["median_ms"],
+                "ort_over_pytorch_bucketed_step": ort["median_ms"] / eager_bucketed["median_ms"],
+                "ort_bucketed_over_padded_step": ort["median_ms"] / ort_padded["median_ms"],
                 "ort_over_fp32_floor": ort["median_ms"] / floor_ms,
                 "module_over_full_model_bytes": spec.module_bytes / full_bytes,
                 "module_fp16_wire_over_full_model_bytes": 2 * spec.module_numel / full_bytes,
@@ -298,6 +312,12 @@ def main() -> None:
     print(
         f"peak RSS: one task {one['peak_rss_mb']:.0f} MB, two tasks {two['peak_rss_mb']:.0f} MB shared backbone, "
         f"{two_unshared['peak_rss_mb']:.0f} MB one backbone each"
+    )
+    print(
+        f"length bucketing: ORT {ort['median_ms']:.1f} ms vs {ort_padded['median_ms']:.1f} ms padded "
+        f"({r['ort_bucketed_over_padded_step']:.2f}x); PyTorch bucketed {eager_bucketed['median_ms']:.1f} ms; "
+        f"ORT padded / PyTorch {r['ort_padded_over_pytorch_step']:.2f}, ORT / PyTorch bucketed "
+        f"{r['ort_over_pytorch_bucketed_step']:.2f}"
     )
     print(f"export of one task (ONNX): {export_seconds:.1f} s; results in {args.out}")
 

@@ -13,6 +13,7 @@ from typing import Any
 
 import numpy as np
 
+from fedyolo.runtime.bucketing import trim_padding
 from fedyolo.runtime.bundle import Bundle
 from fedyolo.runtime.errors import BundleError
 from fedyolo.runtime.fedprox import proximal_step
@@ -125,6 +126,7 @@ class OrtTrainer:
         return self._C.Optimizer(self._optimizer_path, self._state, self._device, self._options)
 
     def _feed(self, batch: Batch, names: list[str]) -> list[np.ndarray]:
+        batch = trim_padding(batch)  # length bucketing: no step pays for columns that are all padding
         missing = [n for n in names if n not in batch]
         if missing:
             raise ValueError(f"batch lacks inputs {missing}; the task takes {names}")

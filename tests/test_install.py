@@ -6,6 +6,7 @@ trains and joins a federation from there, with neither torch nor fastapi importa
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import socket
@@ -231,6 +232,15 @@ def test_a_device_trains_and_joins_a_federation_with_the_base_install_alone(
             "fedyolo", "train", bundle_copy, "--task", "topics", "--data", train, "--test-data", test,
             "--epochs", "2", "--batch-size", "8", "--save", tmp_path / "module.safetensors",
         )  # fmt: skip
+        # the device's questions, torch-free: will it fit and how fast (no matplotlib here: no --plot)
+        profiled = device(
+            "fedyolo", "profile", bundle_copy, "--task", "topics", "--steps", "3", "--json", tmp_path / "p.json",
+        )  # fmt: skip
+        plotted = device("fedyolo", "profile", bundle_copy, "--task", "topics", "--plot", tmp_path / "p.png")
+        predicted = device(
+            "fedyolo", "predict", bundle_copy, "--task", "topics", "--module", tmp_path / "module.safetensors",
+            "how are you today?",
+        )  # fmt: skip
         deadline = time.monotonic() + 60
         while True:
             try:
@@ -272,5 +282,14 @@ def test_a_device_trains_and_joins_a_federation_with_the_base_install_alone(
     assert trained.returncode == 0, trained.stderr[-2000:]
     assert "held-out accuracy after 2 epochs" in trained.stdout
     assert (tmp_path / "module.safetensors").stat().st_size > 0
+    # it profiled and predicted without torch; the plot names the extra it needs
+    assert profiled.returncode == 0, profiled.stderr[-2000:]
+    (row,) = json.loads((tmp_path / "p.json").read_text())["rows"]
+    assert row["step_ms_median"] > 0 and row["rss"]["peak"] > row["rss"]["backbone"] > 0
+    assert (plotted.returncode, plotted.stderr.strip()) == (
+        2,
+        "error: --plot needs the 'plot' extra: pip install 'fedyolo[plot]'",
+    )
+    assert predicted.returncode == 0 and "how are you today?" in predicted.stdout, predicted.stderr[-2000:]
     assert client.returncode == 0, client.stderr[-2000:] + server_err[-2000:]
     assert "1 updates accepted for task 'topics'" in client.stderr

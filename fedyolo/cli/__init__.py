@@ -169,6 +169,11 @@ def train_cmd(
     train_command(bundle, task, data, test_data, epochs, lr, batch_size, seed, save)
 
 
+from fedyolo.cli.device import register as _register_device_commands  # noqa: E402
+
+_register_device_commands(app, export_app)
+
+
 def _verify(ca_cert: Path | None, insecure: bool) -> bool | Path:
     """httpx's `verify` from the TLS options: a CA file, off, or the system's CAs."""
     if insecure:

@@ -49,6 +49,7 @@ EXTRAS = {
             ),
         ),
         Extra("data", required=("chatterbot_corpus", "yaml"), provides=("chatterbot_corpus", "yaml")),
+        Extra("plot", required=("matplotlib",), provides=("matplotlib",)),
     )
 }
 

@@ -1,0 +1,86 @@
+"""The trainer backends a device may have, by name: what each needs, and how to open a task on it.
+
+Registered at import, a second backend of the same name refused (as PEFT registers its methods). A
+backend that is not installed, or whose trainer this build lacks, is listed with the reason, so that
+`fedyolo profile` shows its row as skipped instead of failing.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from fedyolo.runtime.bundle import Bundle
+from fedyolo.runtime.capacity import task_backends
+from fedyolo.runtime.trainer import Trainer
+
+Opener = Callable[[Bundle, str, int], Trainer]  # (bundle, task id, threads) -> a trainer
+
+
+@dataclass(frozen=True)
+class Backend:
+    """A trainer backend: the Python modules it needs and the function that opens a task on it."""
+
+    name: str
+    requires: tuple[str, ...]  # importable modules, found (not imported) to decide availability
+    trainer_module: str  # the fedyolo module holding its trainer
+    open: Opener
+    install: str  # how to get what it requires
+
+    def absent(self, bundle: Bundle | None = None, task_id: str | None = None) -> str | None:
+        """Why this backend cannot run here (or cannot run `task_id` of `bundle`); None if it can."""
+        for module in (*self.requires, self.trainer_module):
+            try:
+                found = importlib.util.find_spec(module) is not None
+            except ModuleNotFoundError:
+                found = False
+            if not found:
+                if module == self.trainer_module:
+                    return f"this fedyolo has no {self.name} trainer ({module})"
+                return f"{module} is not installed ({self.install})"
+        if (
+            bundle is not None
+            and task_id is not None
+            and self.name not in task_backends(bundle.task(task_id))
+        ):
+            return f"task {task_id!r} was not exported for {self.name}"
+        return None
+
+
+BACKENDS: dict[str, Backend] = {}
+
+
+def register_backend(backend: Backend) -> Backend:
+    """Add a backend by name; a second one of the same name is an error."""
+    if backend.name in BACKENDS:
+        raise ValueError(f"backend {backend.name!r} is already registered")
+    BACKENDS[backend.name] = backend
+    return backend
+
+
+def _open_ort(bundle: Bundle, task_id: str, threads: int) -> Trainer:
+    from fedyolo.runtime.ort_trainer import OrtTrainer
+
+    return OrtTrainer(bundle, task_id, threads=threads)
+
+
+def _open_executorch(bundle: Bundle, task_id: str, threads: int) -> Trainer:
+    # The ExecuTorch trainer arrives with its own branch; the name below is where it will live.
+    module = importlib.import_module("fedyolo.runtime.executorch_trainer")
+    trainer: Trainer = module.ExecutorchTrainer(bundle, task_id, threads=threads)
+    return trainer
+
+
+register_backend(
+    Backend("ort", ("onnxruntime",), "fedyolo.runtime.ort_trainer", _open_ort, "pip install fedyolo")
+)
+register_backend(
+    Backend(
+        "executorch",
+        ("executorch",),
+        "fedyolo.runtime.executorch_trainer",
+        _open_executorch,
+        "pip install executorch==1.5.1",
+    )
+)
