@@ -16,6 +16,7 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 
+from fedyolo.cli.executorch import export_executorch_cmd
 from fedyolo.cli.extras import missing_extra, needs
 from fedyolo.runtime.errors import FedyoloError
 from fedyolo.runtime.plan import FederationPlan
@@ -138,6 +139,9 @@ def export_onnx_cmd(
         f"backbone {manifest.backbone.file.bytes / 1e6:.1f} MB stored once ({ratio:.0f}x the module); "
         f"tasks in bundle: {', '.join(sorted(manifest.tasks))}"
     )
+
+
+export_app.command("executorch")(needs("export executorch", "export", "executorch")(export_executorch_cmd))
 
 
 @export_app.command("peft")
