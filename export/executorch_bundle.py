@@ -152,7 +152,10 @@ def write_program(
     new = dataclasses.replace(
         manifest,
         backbone=backbone,
-        tasks={**manifest.tasks, task_id: dataclasses.replace(spec, files=files, executorch_batch=artifacts.batch)},
+        tasks={
+            **manifest.tasks,
+            task_id: dataclasses.replace(spec, files=files, executorch_batch=artifacts.batch),
+        },
     )
     _write_manifest(out, new)
     log.info(

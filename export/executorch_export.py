@@ -86,7 +86,8 @@ def rewrite_addmm(graph_module: torch.fx.GraphModule) -> int:
 def _rename_frozen(ep: Any, canonical: dict[str, str]) -> Any:
     """The exported program with each frozen parameter renamed `graph name -> canonical name`: its key
     in the shared data file is then the same for every module kind (PEFT renames the layers it wraps)."""
-    from torch.export.exported_program import ExportedProgram, InputKind
+    from torch.export import ExportedProgram
+    from torch.export.graph_signature import InputKind
 
     specs = []
     for spec in ep.graph_signature.input_specs:

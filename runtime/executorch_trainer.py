@@ -17,7 +17,6 @@ from collections.abc import Iterable, Iterator
 from typing import Any
 
 import numpy as np
-import torch
 
 from fedyolo.runtime.bundle import Bundle
 from fedyolo.runtime.errors import BundleError, FedyoloError
@@ -34,9 +33,11 @@ BETAS = (0.9, 0.999)
 EPS = 1e-6
 
 
-def load_executorch() -> tuple[Any, Any]:
-    """ExecuTorch's loader and training module, or an error naming the extra that installs them."""
+def load_executorch() -> tuple[Any, Any, Any]:
+    """ExecuTorch's loader, its training module and torch (whose tensors its bindings take), or an error
+    naming the extra that installs them. Imported here, not at the top: the ORT path never loads them."""
     try:
+        import torch
         from executorch.extension.pybindings.portable_lib import _load_for_executorch
         from executorch.extension.training.pybindings._training_module import TrainingModule
     except ImportError as e:
@@ -44,7 +45,7 @@ def load_executorch() -> tuple[Any, Any]:
             f"the executorch backend needs ExecuTorch ({e}); install it with "
             "`pip install 'fedyolo[executorch]' -c constraints.txt`, or use --backend ort"
         ) from e
-    return _load_for_executorch, TrainingModule
+    return _load_for_executorch, TrainingModule, torch
 
 
 def check_program(bundle: Bundle, task_id: str) -> TaskSpec:
@@ -70,7 +71,7 @@ class ExecutorchTrainer:
     def __init__(self, bundle: Bundle, task_id: str, lr: float = 1e-3, threads: int = 0) -> None:
         self.bundle = bundle
         self.task: TaskSpec = check_program(bundle, task_id)
-        load, training_module = load_executorch()
+        load, training_module, self._torch = load_executorch()
         data = bundle.root / BACKBONE_DATA_FILE
         try:
             program = load(
@@ -112,11 +113,11 @@ class ExecutorchTrainer:
             arr = np.ascontiguousarray(batch[name][start:stop], want)
             if pad:
                 arr = np.concatenate([arr, np.repeat(arr[:1], pad, axis=0)])
-            inputs.append(torch.from_numpy(arr))
+            inputs.append(self._torch.from_numpy(arr))
         labels = np.full(self._batch, IGNORE_LABEL, np.int64)
         if "labels" in batch:
             labels[:rows] = batch["labels"][start:stop]
-        inputs.append(torch.from_numpy(labels))
+        inputs.append(self._torch.from_numpy(labels))
         return inputs
 
     def _run(self, inputs: list[Any]) -> tuple[float, np.ndarray]:

@@ -21,7 +21,9 @@ def export_executorch_cmd(
     option: Annotated[list[str] | None, typer.Option(help="module option key=value, e.g. r=16")] = None,
     optimizer: Annotated[str, typer.Option(help="adamw or sgd")] = "adamw",
     max_length: Annotated[int, typer.Option(help="tokens per example")] = 32,
-    batch: Annotated[int, typer.Option(min=1, help="examples per program call (memory is planned for it)")] = 8,
+    batch: Annotated[
+        int, typer.Option(min=1, help="examples per program call (memory is planned for it)")
+    ] = 8,
     seed: Annotated[int, typer.Option(help="seed for the module's initial weights")] = 0,
     force: Annotated[bool, typer.Option(help="replace the task if the bundle already has it")] = False,
 ) -> None:
