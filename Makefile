@@ -10,12 +10,13 @@ FLOWER_VENV ?= .venv-flower
 
 setup: $(VENV)/.installed
 
-# Every extra, at the exact versions CI tests (constraints.txt; pyproject.toml holds the ranges). torch
-# is pinned to 2.13.0 (the CPU build); an unpinned torch would pull a multi-GB CUDA build.
+# Every extra (executorch too, so its tests run in CI), at the exact versions CI tests (constraints.txt;
+# pyproject.toml holds the ranges). torch is pinned
+# to 2.13.0 (the CPU build); an unpinned torch would pull a multi-GB CUDA build.
 $(VENV)/.installed: pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
-	$(BIN)/pip install -q -c constraints.txt -e '.[export,server,data,dev]'
+	$(BIN)/pip install -q -c constraints.txt -e '.[export,server,data,dev,executorch]'
 	touch $@
 
 setup-flower: $(FLOWER_VENV)/.installed
