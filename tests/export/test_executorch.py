@@ -201,3 +201,27 @@ def test_the_manifest_of_an_onnx_only_bundle_still_reads(tiny_bert_bundle: Path)
     spec = read_manifest(tiny_bert_bundle).tasks["topics"]
     assert spec.executorch_batch == 0 and PROGRAM not in spec.files
     assert dataclasses.asdict(read_manifest(tiny_bert_bundle).backbone)["executorch_data"] is None
+
+
+@pytest.mark.slow
+def test_minilm_lora_first_step_equals_torch_and_onnx(tmp_path: Path) -> None:
+    # Arrange: the default case's task model, batch 8 (the program's own batch: no padding)
+    from fedyolo.export.executorch_bundle import export_executorch
+
+    export_executorch(tmp_path / "b", "lora", LABELS, "minilm", "lora", max_length=16, batch=8,
+                      show_progress=False)  # fmt: skip
+    bundle = open_bundle(tmp_path / "b", tasks=["lora"])
+    batch = make_batch(tmp_path / "b", n=8)
+    batch["input_ids"] = batch["input_ids"] + 1000  # real word pieces, not [unused] ones
+
+    # Act
+    want_loss, want_grads = torch_reference(tmp_path / "b", "lora", batch)
+    et_loss, et_grads = make_trainer(bundle, "lora", "executorch").gradients(batch)  # type: ignore[attr-defined]
+    ort_loss, ort_grads = make_trainer(bundle, "lora", "ort").gradients(batch)  # type: ignore[attr-defined]
+
+    # Assert
+    assert et_loss == pytest.approx(want_loss, rel=LOSS_RTOL) and et_loss == pytest.approx(
+        ort_loss, rel=LOSS_RTOL
+    )
+    assert_close_grads(et_grads, want_grads, "minilm lora: executorch vs torch")
+    assert_close_grads(et_grads, ort_grads, "minilm lora: executorch vs onnx")
