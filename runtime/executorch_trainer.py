@@ -27,25 +27,30 @@ from fedyolo.runtime.trainer import Batch, EvalResult
 from fedyolo.runtime.wire import ModuleWeights, check_module
 
 PREFIX = "model."  # the exported program wraps the task model as `model`
+METHOD = "forward"  # the joint forward/backward method of program.pte
 # ONNX Runtime training's AdamW as `generate_artifacts` builds it (onnxblock.optim.AdamW defaults):
 # betas (0.9, 0.999), eps 1e-6, no weight decay, bias correction, the transformers form (adam_mode 1).
 BETAS = (0.9, 0.999)
 EPS = 1e-6
 
 
-def load_executorch() -> tuple[Any, Any, Any]:
-    """ExecuTorch's loader, its training module and torch (whose tensors its bindings take), or an error
-    naming the extra that installs them. Imported here, not at the top: the ORT path never loads them."""
+def load_executorch() -> tuple[Any, Any]:
+    """ExecuTorch's program loader and torch (whose tensors its bindings take), or an error naming the
+    extra that installs them. Imported here, not at the top: the ORT path never loads them.
+
+    The compiled bindings (`_C`) directly, after torch (which loads the libtorch they link): the Python
+    wrappers `portable_lib` and `extension.training` import `executorch.exir`, the whole export stack
+    with torchao, for a warning decorator (measured: +139 MB RSS before any program is loaded).
+    """
     try:
         import torch
-        from executorch.extension.pybindings.portable_lib import _load_for_executorch
-        from executorch.extension.training.pybindings._training_module import TrainingModule
+        from executorch.extension.pybindings._C import _load_for_executorch
     except ImportError as e:
         raise FedyoloError(
             f"the executorch backend needs ExecuTorch ({e}); install it with "
             "`pip install 'fedyolo[executorch]' -c constraints.txt`, or use --backend ort"
         ) from e
-    return _load_for_executorch, TrainingModule, torch
+    return _load_for_executorch, torch
 
 
 def check_program(bundle: Bundle, task_id: str) -> TaskSpec:
@@ -71,7 +76,7 @@ class ExecutorchTrainer:
     def __init__(self, bundle: Bundle, task_id: str, lr: float = 1e-3, threads: int = 0) -> None:
         self.bundle = bundle
         self.task: TaskSpec = check_program(bundle, task_id)
-        load, training_module, self._torch = load_executorch()
+        load, self._torch = load_executorch()
         data = bundle.root / BACKBONE_DATA_FILE
         try:
             program = load(
@@ -81,14 +86,28 @@ class ExecutorchTrainer:
             raise BundleError(
                 f"ExecuTorch cannot load task {task_id!r} ({e}); re-export it with `fedyolo export executorch`"
             ) from e
-        self._module = training_module(program)
+        self._program = program
         self._batch = self.task.executorch_batch
         self._names = [t.name for t in self.task.trainable]
         self._features = [n for n in self.task.input.names if n != "labels"]
-        self._run(self._padded({n: self._zeros(n, 1) for n in self._features}, 0, 1))
-        named = self._module.named_parameters()
-        # numpy views of the program's parameter memory: writing them is what the program trains on
-        self._params = {n: named[PREFIX + n].numpy() for n in self._names}
+        # The joint program returns [user outputs, gradients, parameters]; its metadata methods (what
+        # `extension.training.TrainingModule` reads) give where each part starts and the tensors' names.
+        self._grad_start = int(program.run_method(f"__et_training_gradients_index_{METHOD}", ())[0])
+        self._param_start = int(program.run_method(f"__et_training_parameters_index_{METHOD}", ())[0])
+        fqns = [str(n) for n in program.run_method(f"__et_training_fqn_{METHOD}", ())]
+        index = {fqn.removeprefix(PREFIX): i for i, fqn in enumerate(fqns)}
+        if set(index) != set(self._names):
+            raise BundleError(
+                f"program.pte of task {task_id!r} trains other tensors than its manifest lists; "
+                "re-export it with `fedyolo export executorch --force`"
+            )
+        self._index = [index[n] for n in self._names]
+        outputs = self._call(self._padded({n: self._zeros(n, 1) for n in self._features}, 0, 1))
+        # numpy views of the program's parameter memory (outputs not cloned): writing them in place is
+        # what the program trains on
+        self._params = {
+            n: outputs[self._param_start + i].numpy() for n, i in zip(self._names, self._index, strict=True)
+        }
         self._lr = lr
         self._proximal: tuple[ModuleWeights, float] | None = None
         self._reset_optimizer()
@@ -120,9 +139,14 @@ class ExecutorchTrainer:
         inputs.append(self._torch.from_numpy(labels))
         return inputs
 
-    def _run(self, inputs: list[Any]) -> tuple[float, np.ndarray]:
-        out = self._module.forward_backward("forward", inputs)
-        return float(out[0]), out[1].numpy()
+    def _call(self, inputs: list[Any]) -> list[Any]:
+        return list(self._program.run_method(METHOD, inputs, clone_outputs=False))
+
+    def _run(self, inputs: list[Any]) -> tuple[float, np.ndarray, list[Any]]:
+        """Loss, a copy of the logits, and the gradients (valid until the next call)."""
+        out = self._call(inputs)
+        grads = [out[self._grad_start + i] for i in self._index]
+        return float(out[0]), np.array(out[1].numpy()), grads
 
     def _pieces(self, batch: Batch) -> Iterator[tuple[int, int]]:
         missing = [n for n in (*self._features, "labels") if n not in batch]
@@ -138,12 +162,11 @@ class ExecutorchTrainer:
         loss = 0.0
         grads = {name: np.zeros_like(p) for name, p in self._params.items()}
         for start, stop in self._pieces(batch):
-            piece_loss, _ = self._run(self._padded(batch, start, stop))
+            piece_loss, _, piece_grads = self._run(self._padded(batch, start, stop))
             weight = (stop - start) / n
             loss += weight * piece_loss
-            named = self._module.named_gradients()
-            for name in self._names:
-                grads[name] += weight * named[PREFIX + name].numpy()
+            for name, g in zip(self._names, piece_grads, strict=True):
+                grads[name] += weight * g.numpy()
         return loss, grads
 
     def step(self, batch: Batch) -> float:
@@ -178,7 +201,7 @@ class ExecutorchTrainer:
         n = len(feed["labels"])
         loss, logits = 0.0, []
         for start, stop in self._pieces(feed):
-            piece_loss, piece_logits = self._run(self._padded(feed, start, stop))
+            piece_loss, piece_logits, _ = self._run(self._padded(feed, start, stop))
             loss += (stop - start) / n * piece_loss
             logits.append(piece_logits[: stop - start])
         return loss, np.concatenate(logits)

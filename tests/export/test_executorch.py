@@ -163,7 +163,7 @@ def test_the_frozen_backbone_is_stored_once_for_every_task(et_bundle: Path, tmp_
                       seed=3, show_progress=False)  # fmt: skip
 
     # Assert: one data file, by hash unchanged, as large as the backbone; programs of frozen-backbone
-    # kinds hold a small fraction of it
+    # kinds hold their module and graph, not the backbone (tiny ViT's backbone is smaller than a graph)
     assert sorted(p.name for p in (out / "backbone").iterdir()) == ["backbone.bin", "backbone.ptd"]
     assert (
         sha256_file(out / BACKBONE_DATA_FILE) == before == read_manifest(out).backbone.executorch_data.sha256
@@ -171,7 +171,8 @@ def test_the_frozen_backbone_is_stored_once_for_every_task(et_bundle: Path, tmp_
     assert data.stat().st_size >= manifest.backbone.full_model_bytes
     for kind in ("lora", "adapter", "prompt", "head"):
         program = et_bundle / "tasks" / kind / PROGRAM
-        assert program.stat().st_size < data.stat().st_size / 5, kind
+        module_bytes = manifest.tasks[kind].module_bytes
+        assert program.stat().st_size < module_bytes + 300_000, kind
     assert (et_bundle / "tasks" / "full" / PROGRAM).stat().st_size >= manifest.backbone.full_model_bytes
     second = make_trainer(open_bundle(out, tasks=["second"]), "second", "executorch")
     assert np.isfinite(second.step(make_batch(out, n=3)))
