@@ -75,8 +75,8 @@ class ExecutorchTrainer:
 
     def __init__(self, bundle: Bundle, task_id: str, lr: float = 1e-3, threads: int = 0) -> None:
         self.bundle = bundle
+        load, self._torch = load_executorch()  # first: without it, exporting a program would not help
         self.task: TaskSpec = check_program(bundle, task_id)
-        load, self._torch = load_executorch()
         data = bundle.root / BACKBONE_DATA_FILE
         try:
             program = load(
