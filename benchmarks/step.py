@@ -82,8 +82,8 @@ def sgemm_peak_gflops(threads: int = 2, n: int = 2048) -> float:
 
 
 def worker_ort(bundle_dir: str, task: str, steps: int, backend: str = "ort") -> dict[str, Any]:
-    from fedyolo.runtime.backends import make_trainer
     from fedyolo.runtime.bundle import open_bundle
+    from fedyolo.runtime.trainer_factory import make_trainer
 
     data = batches(bundle_dir, task, steps)
     trainer = make_trainer(open_bundle(bundle_dir, tasks=[task]), task, backend, lr=1e-3)

@@ -182,9 +182,9 @@ def simulate_command(
     from rich.table import Table
 
     from fedyolo.export.reuse import ensure_bundle
-    from fedyolo.runtime.backends import check_backend, make_trainer
     from fedyolo.runtime.bundle import initial_module
     from fedyolo.runtime.ort_trainer import SharedBackbone
+    from fedyolo.runtime.trainer_factory import check_backend, make_trainer
     from fedyolo.tasks.shares import encode_shares, share_task
 
     console = Console()

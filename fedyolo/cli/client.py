@@ -9,7 +9,6 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from fedyolo.runtime.backends import check_backend, make_trainer
 from fedyolo.runtime.bundle import Bundle
 from fedyolo.runtime.client import FederationClient, RoundResult
 from fedyolo.runtime.errors import FedyoloError
@@ -17,6 +16,7 @@ from fedyolo.runtime.events import ClientEvent, JsonLinesWriter
 from fedyolo.runtime.http_transport import Connection, RetryPolicy
 from fedyolo.runtime.local import load_arrays
 from fedyolo.runtime.trainer import Trainer
+from fedyolo.runtime.trainer_factory import check_backend, make_trainer
 
 
 def status_command(url: str, verify: bool | str | os.PathLike[str] = True) -> None:

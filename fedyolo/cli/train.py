@@ -12,11 +12,11 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 from safetensors.numpy import save_file
 
-from fedyolo.runtime.backends import check_backend, make_trainer
 from fedyolo.runtime.bundle import Bundle, open_bundle
 from fedyolo.runtime.errors import DataError, FedyoloError
 from fedyolo.runtime.local import EpochLog, encode_examples, fit, load_arrays
 from fedyolo.runtime.trainer import ExampleArrays
+from fedyolo.runtime.trainer_factory import check_backend, make_trainer
 
 
 def builtin_split(bundle: Bundle, task_id: str, split: str) -> ExampleArrays | None:

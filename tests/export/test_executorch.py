@@ -13,12 +13,12 @@ import pytest
 
 pytest.importorskip("executorch", reason="the 'executorch' extra is not installed (make setup installs it)")
 
-from fedyolo.runtime.backends import make_trainer
 from fedyolo.runtime.bundle import initial_module, open_bundle
 from fedyolo.runtime.errors import BundleError, FedyoloError
 from fedyolo.runtime.executorch_files import BACKBONE_DATA_FILE, PROGRAM
 from fedyolo.runtime.manifest import read_manifest, sha256_file
 from fedyolo.runtime.trainer import Batch
+from fedyolo.runtime.trainer_factory import make_trainer
 
 KINDS = ("lora", "adapter", "prompt", "head", "full")
 LABELS = ("a", "b", "c")

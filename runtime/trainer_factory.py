@@ -1,4 +1,5 @@
-"""One factory for every place that builds a trainer: `--backend ort|executorch`.
+"""One factory for every place that builds a trainer: `--backend ort|executorch` (named apart from main's
+`runtime/backends.py` registry, which opens `ExecutorchTrainer(bundle, task_id, threads=...)` the same way).
 
 ONNX Runtime is the default and needs nothing beyond the base install; ExecuTorch is an extra whose
 Python bindings load libtorch, so its module is imported only when it is asked for.
