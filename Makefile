@@ -26,12 +26,13 @@ web-check:
 	@if command -v npm >/dev/null; then $(MAKE) -s $(WEB)/node_modules/.installed && cd $(WEB) && node build.mjs --check; \
 	else echo "npm not found: serving the committed fedserver/web; the browser tests will skip"; fi
 
-# Every extra, at the exact versions CI tests (constraints.txt; pyproject.toml holds the ranges). torch
-# is pinned to 2.13.0 (the CPU build); an unpinned torch would pull a multi-GB CUDA build.
+# Every extra (executorch too, so its tests run in CI), at the exact versions CI tests (constraints.txt;
+# pyproject.toml holds the ranges). torch is pinned
+# to 2.13.0 (the CPU build); an unpinned torch would pull a multi-GB CUDA build.
 $(VENV)/.installed: pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
-	$(BIN)/pip install -q -c constraints.txt -e '.[export,server,data,dev]'
+	$(BIN)/pip install -q -c constraints.txt -e '.[export,server,data,dev,executorch]'
 	touch $@
 
 setup-flower: $(FLOWER_VENV)/.installed

@@ -1,5 +1,5 @@
 """How fast and how small is one training step on this CPU? ONNX Runtime (torch-free) against PyTorch
-eager, in the same run, on the default case: MiniLM-L6 + LoRA r=8 on q,v + linear head, batch 8,
+eager and ExecuTorch (when the 'executorch' extra is installed), in the same run, on the default case: MiniLM-L6 + LoRA r=8 on q,v + linear head, batch 8,
 sequence 32, real `topics` sentences. Also: peak RSS with one and with two tasks resident, module
 bytes against full-model bytes, and the fp32 compute floor from the measured MLAS sgemm peak.
 
@@ -11,6 +11,7 @@ Each backend runs in its own fresh interpreter, so peak RSS is that backend's al
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import os
 import platform
@@ -80,22 +81,31 @@ def sgemm_peak_gflops(threads: int = 2, n: int = 2048) -> float:
     return 2 * n**3 / float(np.median(times)) / 1e9
 
 
-def worker_ort(bundle_dir: str, task: str, steps: int, bucketing: bool = True) -> dict[str, Any]:
-    from fedyolo.runtime import ort_trainer
-    from fedyolo.runtime.bundle import open_bundle
-    from fedyolo.runtime.ort_trainer import OrtTrainer
-
-    if not bucketing:  # the lever's other arm: every batch at the padded length, as before it
-        ort_trainer.trim_padding = lambda batch: batch
-
-    data = batches(bundle_dir, task, steps)
-    trainer = OrtTrainer(open_bundle(bundle_dir, tasks=[task]), task, lr=1e-3)
+def timed_steps(trainer: Any, data: list[Any], steps: int) -> tuple[list[float], list[float]]:
+    """WARMUP untimed steps, then `steps` timed ones over `data`: (seconds per timed step, every loss)."""
     times, losses = [], []
     for i, batch in enumerate(data[: WARMUP + steps]):
         t = time.perf_counter()
         losses.append(trainer.step(batch))
         if i >= WARMUP:
             times.append(time.perf_counter() - t)
+    return times, losses
+
+
+def worker_ort(
+    bundle_dir: str, task: str, steps: int, backend: str = "ort", bucketing: bool = True
+) -> dict[str, Any]:
+    """The runtime's trainer on `backend` (ort or executorch); bucketing=False pads every batch to SEQ."""
+    from fedyolo.runtime import ort_trainer
+    from fedyolo.runtime.backends import make_trainer
+    from fedyolo.runtime.bundle import open_bundle
+
+    if not bucketing:  # the lever's other arm: every batch at the padded length, as before it
+        ort_trainer.trim_padding = lambda batch: batch
+
+    data = batches(bundle_dir, task, steps)
+    trainer = make_trainer(open_bundle(bundle_dir, tasks=[task]), task, backend, lr=1e-3)
+    times, losses = timed_steps(trainer, data, steps)
     return {
         **timings(times),
         "peak_rss_mb": peak_rss_mb(),
@@ -192,7 +202,34 @@ def run_worker(args: list[str]) -> dict[str, Any]:
 def versions() -> dict[str, str]:
     from importlib.metadata import version
 
-    return {p: version(p) for p in ("onnxruntime-training", "torch", "transformers", "peft", "onnx", "numpy")}
+    names = ("onnxruntime-training", "torch", "transformers", "peft", "onnx", "numpy", "executorch")
+    return {p: version(p) for p in names if importlib.util.find_spec(p.split("-")[0]) is not None}
+
+
+def executorch_side_by_side(bundle: str, ort: dict[str, Any]) -> dict[str, Any] | None:
+    """The ExecuTorch step on the same task and batches, its program added to the bundle if missing (the
+    addmm -> mm + add rewrite on: DESIGN.md); None without the 'executorch' extra."""
+    if importlib.util.find_spec("executorch") is None:
+        return None
+    from fedyolo.runtime.executorch_files import PROGRAM
+    from fedyolo.runtime.manifest import read_manifest
+
+    spec = read_manifest(bundle).tasks["topics"]
+    export_seconds = float("nan")
+    if PROGRAM not in spec.files:
+        from fedyolo.export.executorch_bundle import export_executorch
+
+        t = time.perf_counter()
+        export_executorch(bundle, "topics", spec.labels, module="lora", batch=BATCH, show_progress=False)
+        export_seconds = time.perf_counter() - t
+    et = run_worker(["executorch", bundle, "topics"])
+    return {
+        **et,
+        "export_seconds": export_seconds,
+        "program_batch": read_manifest(bundle).tasks["topics"].executorch_batch,
+        "step_over_ort": et["median_ms"] / ort["median_ms"],
+        "peak_rss_over_ort": et["peak_rss_mb"] / ort["peak_rss_mb"],
+    }
 
 
 def main() -> None:
@@ -206,8 +243,8 @@ def main() -> None:
     args = parser.parse_args()
     if args.worker:
         kind, bundle, *rest = args.worker
-        if kind == "ort":
-            result = worker_ort(bundle, rest[0], args.steps, bucketing=rest[1:] != ["padded"])
+        if kind in ("ort", "executorch"):
+            result = worker_ort(bundle, rest[0], args.steps, backend=kind, bucketing=rest[1:] != ["padded"])
         elif kind == "torch":
             result = worker_torch(bundle, rest[0], args.steps, bucketing=rest[1:] == ["bucketed"])
         elif kind == "sgemm":
@@ -241,6 +278,7 @@ def main() -> None:
         eager = run_worker(["torch", bundle, "topics"])
         ort_padded = run_worker(["ort", bundle, "topics", "padded"])
         eager_bucketed = run_worker(["torch", bundle, "topics", "bucketed"])
+        executorch = executorch_side_by_side(bundle, ort)
         one = run_worker(["tasks", bundle, "shared", "topics"])
         two = run_worker(["tasks", bundle, "shared", "topics", "language"])
         two_unshared = run_worker(["tasks", bundle, "private", "topics", "language"])
@@ -268,6 +306,7 @@ def main() -> None:
             "pytorch_eager": eager,  # padded to 32, as before
             "ort_padded": ort_padded,  # bucketing off
             "pytorch_eager_bucketed": eager_bucketed,
+            "executorch": executorch,
             "sgemm_peak_gflops": sgemm["gflops"],
             "step_gflop_estimate": flop,
             "fp32_floor_ms": floor_ms,
@@ -319,6 +358,12 @@ def main() -> None:
         f"ORT padded / PyTorch {r['ort_padded_over_pytorch_step']:.2f}, ORT / PyTorch bucketed "
         f"{r['ort_over_pytorch_bucketed_step']:.2f}"
     )
+    if executorch is not None:
+        print(
+            f"ExecuTorch median {executorch['median_ms']:.1f} ms  p95 {executorch['p95_ms']:.1f} ms  peak RSS "
+            f"{executorch['peak_rss_mb']:.0f} MB: {executorch['step_over_ort']:.1f}x ORT's step (target <= 2), "
+            f"{executorch['peak_rss_over_ort']:.2f}x its RSS (target <= 1.5)"
+        )
     print(f"export of one task (ONNX): {export_seconds:.1f} s; results in {args.out}")
 
 

@@ -19,12 +19,11 @@ import shutil
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).parent))
-from step import WARMUP, batches, peak_rss_mb, timings, versions
+from step import WARMUP, batches, peak_rss_mb, timed_steps, timings, versions
 
 ROOT = Path(__file__).resolve().parents[1]
 KEY = "web-step-benchmark-enrollment-key-0123"
@@ -38,12 +37,7 @@ def worker_native(bundle_dir: str, task: str, steps: int, threads: int) -> dict[
 
     data = batches(bundle_dir, task, steps)
     trainer = OrtTrainer(open_bundle(bundle_dir, tasks=[task]), task, lr=LR, threads=threads)
-    times, losses = [], []
-    for i, batch in enumerate(data[: WARMUP + steps]):
-        t = time.perf_counter()
-        losses.append(trainer.step(batch))
-        if i >= WARMUP:
-            times.append(time.perf_counter() - t)
+    times, losses = timed_steps(trainer, data, steps)
     return {**timings(times), "peak_rss_mb": peak_rss_mb(), "losses": losses, "threads": threads}
 
 

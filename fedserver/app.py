@@ -48,6 +48,7 @@ from fedyolo.fedserver.store import Store, start_up_errors
 from fedyolo.fedserver.uploads import Update
 from fedyolo.fedserver.web import mount_web
 from fedyolo.runtime.bundle import Bundle, open_bundle
+from fedyolo.runtime.executorch_files import BACKBONE_DATA_FILE
 from fedyolo.runtime.manifest import BACKBONE_FILE, MANIFEST_NAME, TOKENIZER_FILE, FileEntry, file_entry
 
 log = logging.getLogger(__name__)
@@ -78,6 +79,8 @@ def bundle_files(bundle: Bundle) -> dict[str, FileEntry]:
     files = {MANIFEST_NAME: file_entry(bundle.root / MANIFEST_NAME), BACKBONE_FILE: manifest.backbone.file}
     if manifest.tokenizer is not None:
         files[TOKENIZER_FILE] = manifest.tokenizer
+    if manifest.backbone.executorch_data is not None:  # the frozen backbone for ExecuTorch clients
+        files[BACKBONE_DATA_FILE] = manifest.backbone.executorch_data
     for task_id, task in manifest.tasks.items():
         for name, entry in task.files.items():
             files[f"tasks/{task_id}/{name}"] = entry

@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 import math
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -21,6 +21,7 @@ import numpy as np
 
 from fedyolo.fedserver.fold import RoundFold
 from fedyolo.fedserver.strategies import StrategyState
+from fedyolo.runtime.bundle import Bundle
 from fedyolo.runtime.client import train_round
 from fedyolo.runtime.errors import FedyoloError
 from fedyolo.runtime.local import evaluate_arrays
@@ -133,6 +134,27 @@ def run_federation(
     return global_weights, records
 
 
+def with_programs(
+    bundle: Bundle,
+    labels: Mapping[str, Sequence[str]],
+    backbone: str,
+    module: str,
+    max_length: int,
+    seed: int,
+    batch: int,
+) -> Bundle:
+    """The bundle with an ExecuTorch program for every task in `labels` (added where missing)."""
+    from fedyolo.export.executorch_bundle import export_executorch
+    from fedyolo.runtime.bundle import open_bundle
+    from fedyolo.runtime.executorch_files import PROGRAM
+
+    for task_id, names in labels.items():
+        if PROGRAM not in bundle.task(task_id).files:
+            export_executorch(bundle.root, task_id, names, backbone, module, max_length=max_length,
+                              batch=batch, seed=seed, show_progress=False)  # fmt: skip
+    return open_bundle(bundle.root, tasks=list(labels))
+
+
 def simulate_command(
     tasks: Sequence[str],
     plan: FederationPlan,
@@ -145,6 +167,7 @@ def simulate_command(
     max_length: int,
     train_per_task: int,
     test_per_task: int,
+    backend: str = "ort",
 ) -> dict[str, Any]:
     """Export (or reuse) the bundle, then simulate each task's federation; print a table, write JSON."""
     from rich.console import Console
@@ -159,8 +182,9 @@ def simulate_command(
     from rich.table import Table
 
     from fedyolo.export.reuse import ensure_bundle
+    from fedyolo.runtime.backends import check_backend, make_trainer
     from fedyolo.runtime.bundle import initial_module
-    from fedyolo.runtime.ort_trainer import OrtTrainer, SharedBackbone
+    from fedyolo.runtime.ort_trainer import SharedBackbone
     from fedyolo.tasks.shares import encode_shares, share_task
 
     console = Console()
@@ -173,7 +197,9 @@ def simulate_command(
         f"{cohort.fraction:g} of them a round, alpha {alpha:g}, {plan.rounds} rounds x "
         f"{plan.local_epochs} local epochs"
     )
-    shared = SharedBackbone(bundle)
+    if check_backend(backend) == "executorch":
+        bundle = with_programs(bundle, labels, backbone, module, max_length, seed, plan.batch_size)
+    shared = SharedBackbone(bundle) if backend == "ort" else None
     results: dict[str, Any] = {
         "plan": asdict(plan),
         "cohort": asdict(cohort),
@@ -182,7 +208,7 @@ def simulate_command(
         "tasks": {},
     }
     for share in shares:
-        trainer = OrtTrainer(bundle, share.task_id, backbone=shared, lr=plan.lr)
+        trainer = make_trainer(bundle, share.task_id, backend, lr=plan.lr, shared=shared)
         client_arrays, test = encode_shares(bundle, share)
         initial = initial_module(bundle, share.task_id)
         table = Table(title=f"{share.task_id}: {share.train_used} train examples among {clients} clients")

@@ -1,5 +1,10 @@
 """The trainer backends a device may have, by name: what each needs, and how to open a task on it.
 
+`make_trainer` is the one factory every place that builds a trainer goes through (`--backend ort|executorch`
+on train, client, simulate; profile; the benchmarks). ONNX Runtime is the default and needs nothing beyond
+the base install; ExecuTorch is an extra whose Python bindings load libtorch, so its trainer module is
+imported only when it is asked for.
+
 Registered at import, a second backend of the same name refused (as PEFT registers its methods). A
 backend that is not installed, or whose trainer this build lacks, is listed with the reason, so that
 `fedyolo profile` shows its row as skipped instead of failing.
@@ -10,12 +15,15 @@ from __future__ import annotations
 import importlib.util
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 from fedyolo.runtime.bundle import Bundle
 from fedyolo.runtime.capacity import task_backends
+from fedyolo.runtime.errors import FedyoloError
 from fedyolo.runtime.trainer import Trainer
 
-Opener = Callable[[Bundle, str, int], Trainer]  # (bundle, task id, threads) -> a trainer
+# (bundle, task id, threads, lr, shared backbone or None) -> a trainer
+Opener = Callable[[Bundle, str, int, float, Any], Trainer]
 
 
 @dataclass(frozen=True)
@@ -59,17 +67,37 @@ def register_backend(backend: Backend) -> Backend:
     return backend
 
 
-def _open_ort(bundle: Bundle, task_id: str, threads: int) -> Trainer:
+def _open_ort(bundle: Bundle, task_id: str, threads: int, lr: float, shared: Any) -> Trainer:
     from fedyolo.runtime.ort_trainer import OrtTrainer
 
-    return OrtTrainer(bundle, task_id, threads=threads)
+    return OrtTrainer(bundle, task_id, backbone=shared, lr=lr, threads=threads)
 
 
-def _open_executorch(bundle: Bundle, task_id: str, threads: int) -> Trainer:
-    # The ExecuTorch trainer arrives with its own branch; the name below is where it will live.
-    module = importlib.import_module("fedyolo.runtime.executorch_trainer")
-    trainer: Trainer = module.ExecutorchTrainer(bundle, task_id, threads=threads)
-    return trainer
+def _open_executorch(bundle: Bundle, task_id: str, threads: int, lr: float, shared: Any) -> Trainer:
+    # ExecuTorch maps the bundle's shared backbone data file itself: `shared` (ORT's) does not apply.
+    from fedyolo.runtime.executorch_trainer import ExecutorchTrainer
+
+    return ExecutorchTrainer(bundle, task_id, lr=lr, threads=threads)
+
+
+def check_backend(backend: str) -> str:
+    """`backend` if it is a known backend's name, else a FedyoloError listing them."""
+    if backend not in BACKENDS:
+        raise FedyoloError(f"unknown backend {backend!r}; choose one of: {', '.join(BACKENDS)}")
+    return backend
+
+
+def make_trainer(
+    bundle: Bundle,
+    task_id: str,
+    backend: str = "ort",
+    lr: float = 1e-3,
+    threads: int = 0,
+    shared: Any = None,
+) -> Trainer:
+    """A trainer for `task_id` on `backend`. shared: ORT's `SharedBackbone`, loaded once for several
+    tasks (ExecuTorch maps its shared backbone data file itself)."""
+    return BACKENDS[check_backend(backend)].open(bundle, task_id, threads, lr, shared)
 
 
 register_backend(
@@ -81,6 +109,6 @@ register_backend(
         ("executorch",),
         "fedyolo.runtime.executorch_trainer",
         _open_executorch,
-        "pip install executorch==1.5.1",
+        "pip install 'fedyolo[executorch]'",
     )
 )

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from fedyolo.runtime.errors import BundleError, FedyoloError
+from fedyolo.runtime.executorch_files import PROGRAM
 from fedyolo.runtime.manifest import (
     CHECKPOINT,
     EVAL_MODEL,
@@ -22,9 +23,9 @@ from fedyolo.runtime.manifest import (
 # The files a task needs on each backend: a task exported for one backend lacks the other's.
 BACKEND_FILES: dict[str, tuple[str, ...]] = {
     "ort": (TRAINING_MODEL, EVAL_MODEL, OPTIMIZER_MODEL, CHECKPOINT),
-    "executorch": (".pte",),  # a suffix: the program's name is the exporter's choice
+    "executorch": (PROGRAM,),
 }
-EXPORT_COMMANDS = {"ort": "fedyolo export onnx", "executorch": "fedyolo export pte"}
+EXPORT_COMMANDS = {"ort": "fedyolo export onnx", "executorch": "fedyolo export executorch"}
 
 # Bytes one fp32 transformer layer keeps for its backward, per token: Korthikanti et al. 2022
 # ("Reducing Activation Recomputation in Large Transformer Models") count s*b*h*(34 + 5*a*s/h) bytes at

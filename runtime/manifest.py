@@ -75,6 +75,7 @@ class BackboneSpec:
     tensors: tuple[TensorSpec, ...]
     dtype: str = "float32"
     full_model_bytes: int = 0  # fp32 bytes of every backbone parameter: what full fine-tuning sends
+    executorch_data: FileEntry | None = None  # backbone/backbone.ptd, when a task has an ExecuTorch program
 
 
 @dataclass(frozen=True)
@@ -102,6 +103,7 @@ class TaskSpec:
     wire_dtype: str = "float32"
     loss_output: str = "loss"
     logits_output: str = "logits"
+    executorch_batch: int = 0  # examples per call of program.pte; 0: no ExecuTorch program
 
     @property
     def module_numel(self) -> int:
@@ -162,6 +164,7 @@ class Manifest:
                 tensors=tuple(_tensor(t) for t in bb["tensors"]),
                 dtype=bb.get("dtype", "float32"),
                 full_model_bytes=int(bb.get("full_model_bytes", 0)),
+                executorch_data=FileEntry(**bb["executorch_data"]) if bb.get("executorch_data") else None,
             )
             tasks = {tid: _task(t) for tid, t in raw.get("tasks", {}).items()}
             tok = raw.get("tokenizer")
@@ -207,6 +210,7 @@ def _task(raw: dict[str, Any]) -> TaskSpec:
         wire_dtype=raw.get("wire_dtype", "float32"),
         loss_output=raw.get("loss_output", "loss"),
         logits_output=raw.get("logits_output", "logits"),
+        executorch_batch=int(raw.get("executorch_batch", 0)),
     )
 
 

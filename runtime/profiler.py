@@ -93,7 +93,7 @@ def _percentile(values: list[float], q: float) -> float:
 
 def measure(bundle_dir: str, task_id: str, case: Case) -> dict[str, Any]:
     """Run `case` in this process (a fresh one: see `run_case`) and return its figures."""
-    from fedyolo.runtime.backends import BACKENDS
+    from fedyolo.runtime.backends import make_trainer
     from fedyolo.runtime.bundle import open_bundle
 
     if case.backend == "ort":
@@ -103,7 +103,7 @@ def measure(bundle_dir: str, task_id: str, case: Case) -> dict[str, Any]:
     rss_runtime = rss_bytes()
     start = time.perf_counter()
     bundle = open_bundle(bundle_dir, tasks=[task_id], verify=False)  # the caller verified it once
-    trainer = BACKENDS[case.backend].open(bundle, task_id, case.threads)
+    trainer = make_trainer(bundle, task_id, case.backend, threads=case.threads)
     load_s = time.perf_counter() - start
     rss_loaded = rss_bytes()
     backbone_at_load = mapped_rss_bytes(bundle.backbone_path)

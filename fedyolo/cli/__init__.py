@@ -15,6 +15,7 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 
+from fedyolo.cli.executorch import export_executorch_cmd
 from fedyolo.cli.extras import missing_extra, needs
 from fedyolo.options import parse_pairs
 from fedyolo.runtime.errors import FedyoloError
@@ -62,6 +63,7 @@ Aggregate = Annotated[str, typer.Option(help="mean (weighted), or the robust med
 Trim = Annotated[float, typer.Option(help="trimmed_mean: the share cut from each end")]
 Strategy = Annotated[str, typer.Option(help="fedavg, fedavgm or fedadam")]
 ServerLr = Annotated[float | None, typer.Option(help="server learning rate (strategy default)")]
+Backend = Annotated[str, typer.Option(help="ort (ONNX Runtime), or executorch (the 'executorch' extra)")]
 ServerMomentum = Annotated[float, typer.Option(help="FedAvgM's momentum")]
 
 
@@ -131,6 +133,9 @@ def export_onnx_cmd(
     )
 
 
+export_app.command("executorch")(needs("export executorch", "export", "executorch")(export_executorch_cmd))
+
+
 @export_app.command("peft")
 @needs("export", "export")
 def export_peft_cmd(
@@ -162,11 +167,12 @@ def train_cmd(
     batch_size: Annotated[int, typer.Option(min=1)] = 16,
     seed: Annotated[int, typer.Option()] = 0,
     save: Annotated[Path | None, typer.Option(help="write the trained module (safetensors) here")] = None,
+    backend: Backend = "ort",
 ) -> None:
     """Train a task's module locally on this CPU (ONNX Runtime, torch-free) and report held-out accuracy."""
     from fedyolo.cli.train import train_command
 
-    train_command(bundle, task, data, test_data, epochs, lr, batch_size, seed, save)
+    train_command(bundle, task, data, test_data, epochs, lr, batch_size, seed, save, backend=backend)
 
 
 from fedyolo.cli.device import register as _register_device_commands  # noqa: E402
@@ -294,6 +300,7 @@ def client_cmd(
         Path | None,
         typer.Option(help="append progress here as JSON lines (stage, task, round, done, total, time, ...)"),
     ] = None,
+    backend: Backend = "ort",
 ) -> None:
     """Join a federation: register once, fetch the bundle once, then train and upload round after round.
 
@@ -315,6 +322,7 @@ def client_cmd(
         name=name,
         verify=_verify(ca_cert, insecure),
         events=events,
+        backend=backend,
     )
 
 
@@ -416,6 +424,7 @@ def simulate_cmd(
     server_momentum: ServerMomentum = 0.9,
     seed: Annotated[int, typer.Option()] = 0,
     eval_every: Annotated[int, typer.Option(min=1, help="evaluate the global module every n rounds")] = 5,
+    backend: Backend = "ort",
 ) -> None:
     """Many clients in one process, with the server's fold and the client's training code."""
     from fedyolo.simulate import Cohort, simulate_command
@@ -433,6 +442,7 @@ def simulate_cmd(
         max_length=max_length,
         train_per_task=train_per_task,
         test_per_task=test_per_task,
+        backend=backend,
     )
 
 

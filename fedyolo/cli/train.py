@@ -12,10 +12,10 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 from safetensors.numpy import save_file
 
+from fedyolo.runtime.backends import check_backend, make_trainer
 from fedyolo.runtime.bundle import Bundle, open_bundle
 from fedyolo.runtime.errors import DataError, FedyoloError
 from fedyolo.runtime.local import EpochLog, encode_examples, fit, load_arrays
-from fedyolo.runtime.ort_trainer import OrtTrainer
 from fedyolo.runtime.trainer import ExampleArrays
 
 
@@ -41,6 +41,7 @@ def train_command(
     seed: int,
     save: Path | None,
     console: Console | None = None,
+    backend: str = "ort",
 ) -> list[EpochLog]:
     """Train, print a table per epoch and the final held-out accuracy; optionally save the module."""
     console = console or Console()
@@ -51,6 +52,7 @@ def train_command(
         raise FedyoloError(
             f"--save {save} is a folder; give a file path, e.g. --save {save / 'module.safetensors'}"
         )
+    check_backend(backend)
     start = time.perf_counter()
     bundle = open_bundle(bundle_dir, tasks=[task_id])
     train = load_arrays(bundle, task_id, data) if data else builtin_split(bundle, task_id, "train")
@@ -59,11 +61,11 @@ def train_command(
     test = load_arrays(bundle, task_id, test_data) if test_data else None
     if test is None and data is None:
         test = builtin_split(bundle, task_id, "test")
-    trainer = OrtTrainer(bundle, task_id, lr=lr)
+    trainer = make_trainer(bundle, task_id, backend, lr=lr)
     n = len(train["labels"])
     steps = -(-n // batch_size)
     console.print(
-        f"training task [bold]{task_id}[/] ({trainer.task.module_kind}, {trainer.task.module_numel:,} trainable values) "
+        f"training task [bold]{task_id}[/] on {backend} ({trainer.task.module_kind}, {trainer.task.module_numel:,} trainable values) "
         f"on {n} examples, {epochs} epochs x {steps} steps, lr {lr:g} decaying linearly to 0, batch {batch_size}; "
         f"loaded in {time.perf_counter() - start:.1f} s"
     )

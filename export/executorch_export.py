@@ -1,0 +1,189 @@
+"""The task model → one ExecuTorch training program (`.pte`) whose frozen backbone tensors live in the
+bundle's one shared `backbone/backbone.ptd`.
+
+Steps (DESIGN.md, ExecuTorch): `torch.export.export` of the model with its loss (loss first among the
+outputs) → `_export_forward_backward` (the joint graph: outputs, gradients, parameters) → every
+`addmm` rewritten into `add(mm)` (the portable `addmm` is a naive loop, 25× slower than `mm`) →
+frozen parameters renamed to the backbone's own names → `to_edge` → `to_executorch` with those
+parameters tagged as external constants. Trainable tensors stay inside the program, where the runtime
+updates them in place.
+
+The batch is fixed at export (`batch`): ExecuTorch plans its memory for one shape. The runtime pads a
+smaller batch with rows labelled -100, which the loss ignores, and cuts a larger one into pieces.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+
+from fedyolo.export.backbone_store import BackboneLayout
+from fedyolo.export.classifier import TaskModel
+from fedyolo.export.onnx_export import ExportMismatchError, dummy_inputs, native_logs_quiet
+from fedyolo.runtime.errors import FedyoloError
+from fedyolo.runtime.executorch_files import BACKBONE_DATA_KEY, IGNORE_LABEL
+
+log = logging.getLogger(__name__)
+
+
+class WithLoss(nn.Module):
+    """(loss, logits): the loss first, as ExecuTorch's training API requires. Rows labelled -100 (the
+    runtime's padding) are ignored, so a padded batch has the loss and gradients of the real rows."""
+
+    def __init__(self, model: TaskModel) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, *inputs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        *features, labels = inputs
+        logits = self.model(*features)
+        loss = nn.functional.cross_entropy(logits, labels, ignore_index=IGNORE_LABEL)
+        return loss, logits.detach()
+
+
+@dataclass(frozen=True)
+class ExecutorchArtifacts:
+    """One task's program, and the backbone tensors it reads from the shared data file."""
+
+    program: bytes  # the .pte
+    batch: int  # the examples per call the program is planned for
+    data: bytes  # the .ptd this export wrote: the frozen tensors under the backbone's own names
+    input_names: tuple[str, ...]
+    trainable: dict[str, tuple[int, ...]]  # name -> shape, in PyTorch order
+    ops: dict[str, int]  # edge operator -> count in the joint graph (for the README and the benchmark)
+
+
+def rewrite_addmm(graph_module: torch.fx.GraphModule) -> int:
+    """Every `aten.addmm(bias, a, b)` → `aten.add(aten.mm(a, b), bias)`; returns how many.
+
+    Measured (DESIGN.md): ExecuTorch's portable addmm runs at 1.7 GFLOP/s, its mm at 44.
+    """
+    count = 0
+    graph = graph_module.graph
+    for node in list(graph.nodes):
+        if node.op != "call_function" or node.target is not torch.ops.aten.addmm.default:
+            continue
+        bias, a, b = node.args[:3]
+        if node.kwargs.get("beta", 1) != 1 or node.kwargs.get("alpha", 1) != 1:
+            continue  # a scaled addmm is not a linear: leave it to the portable kernel
+        with graph.inserting_before(node):
+            mm = graph.call_function(torch.ops.aten.mm.default, (a, b))
+            mm.meta = dict(node.meta)
+            add = graph.call_function(torch.ops.aten.add.Tensor, (mm, bias))
+            add.meta = dict(node.meta)
+        node.replace_all_uses_with(add)
+        graph.erase_node(node)
+        count += 1
+    graph.lint()
+    graph_module.recompile()
+    return count
+
+
+def _rename_frozen(ep: Any, canonical: dict[str, str]) -> Any:
+    """The exported program with each frozen parameter renamed `graph name -> canonical name`: its key
+    in the shared data file is then the same for every module kind (PEFT renames the layers it wraps)."""
+    from torch.export import ExportedProgram
+    from torch.export.graph_signature import InputKind
+
+    specs = []
+    for spec in ep.graph_signature.input_specs:
+        if spec.kind == InputKind.PARAMETER and spec.target in canonical:
+            spec = type(spec)(spec.kind, spec.arg, canonical[spec.target], spec.persistent)
+        specs.append(spec)
+    signature = type(ep.graph_signature)(specs, list(ep.graph_signature.output_specs))
+    state = {canonical.get(k, k): v for k, v in ep.state_dict.items()}
+    return ExportedProgram(
+        root=ep.graph_module,
+        graph=ep.graph_module.graph,
+        graph_signature=signature,
+        state_dict=state,
+        range_constraints=ep.range_constraints,
+        module_call_graph=ep.module_call_graph,
+        constants=ep.constants,
+        verifiers=ep.verifiers,
+    )
+
+
+def _op_counts(graph_module: torch.fx.GraphModule) -> dict[str, int]:
+    counts: dict[str, int] = {}
+    for node in graph_module.graph.nodes:
+        if node.op == "call_function":
+            name = str(getattr(node.target, "__name__", node.target))
+            counts[name] = counts.get(name, 0) + 1
+    return dict(sorted(counts.items(), key=lambda kv: -kv[1]))
+
+
+def export_program(
+    model: TaskModel,
+    layout: BackboneLayout,
+    module_kind: str,
+    batch: int,
+    max_length: int,
+    image_shape: tuple[int, ...] = (),
+    rewrite: bool = True,
+) -> ExecutorchArtifacts:
+    """The joint forward/backward program of `model` for `batch` examples, its frozen backbone tensors
+    tagged into the data file `backbone` under the backbone's own parameter names."""
+    from executorch.exir import ExecutorchBackendConfig, to_edge
+    from torch.export.experimental import _export_forward_backward
+
+    inputs, names, _ = dummy_inputs(model, batch, max_length, image_shape)
+    labels = torch.zeros(batch, dtype=torch.int64)
+    model.eval()  # every dropout off; the export's gradients are those of the deterministic model
+    params = dict(model.named_parameters())
+    trainable = {n: tuple(p.shape) for n, p in params.items() if p.requires_grad}
+    canonical = {
+        n: layout.canonical[id(p)]
+        for n, p in params.items()
+        if not p.requires_grad and id(p) in layout.canonical
+    }
+    with native_logs_quiet():
+        try:
+            ep = torch.export.export(WithLoss(model), (*inputs, labels), strict=False)
+            joint = _export_forward_backward(ep)
+        except Exception as e:  # torch raises many types for an operator without a backward
+            raise FedyoloError(
+                f"ExecuTorch cannot build the training graph of module kind {module_kind!r}: "
+                f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}; export this kind with "
+                "`fedyolo export onnx` instead"
+            ) from e
+        rewritten = rewrite_addmm(joint.graph_module) if rewrite else 0
+        joint = _rename_frozen(joint, {f"model.{n}": c for n, c in canonical.items()})
+        grads = {
+            s.target.removeprefix("model.")
+            for s in joint.graph_signature.output_specs
+            if s.kind.name == "GRADIENT_TO_PARAMETER"
+        }
+        if grads != set(trainable):
+            raise ExportMismatchError(
+                f"the ExecuTorch program trains {sorted(grads - set(trainable))[:5]} and misses "
+                f"{sorted(set(trainable) - grads)[:5]} of PyTorch's trainable tensors"
+            )
+        frozen_keys = set(canonical.values())
+
+        edge = to_edge(joint)
+        external = {
+            spec.arg.name
+            for spec in edge.exported_program().graph_signature.input_specs
+            if spec.target in frozen_keys
+        }
+
+        def tag(node: torch.fx.Node) -> str | None:
+            return BACKBONE_DATA_KEY if node.name in external else None
+
+        ops = _op_counts(edge.exported_program().graph_module)
+        program = edge.to_executorch(ExecutorchBackendConfig(external_constants=tag))
+        data = program._tensor_data.get(BACKBONE_DATA_KEY) if program._tensor_data else None
+    log.info("ExecuTorch program: %d addmm rewritten, %.1f MB", rewritten, len(program.buffer) / 1e6)
+    return ExecutorchArtifacts(
+        program=bytes(program.buffer),
+        batch=batch,
+        data=bytes(data) if data is not None else b"",
+        input_names=(*names, "labels"),
+        trainable={n: trainable[n] for n in trainable},
+        ops=ops,
+    )
