@@ -23,7 +23,7 @@ from fedyolo.runtime.errors import BundleError, FedyoloError
 from fedyolo.runtime.executorch_files import BACKBONE_DATA_FILE, IGNORE_LABEL, PROGRAM
 from fedyolo.runtime.fedprox import proximal_step
 from fedyolo.runtime.manifest import TaskSpec, sha256_file
-from fedyolo.runtime.trainer import Batch, EvalResult
+from fedyolo.runtime.trainer import Batch, EvalResult, evaluate_batches
 from fedyolo.runtime.wire import ModuleWeights, check_module
 
 PREFIX = "model."  # the exported program wraps the task model as `model`
@@ -210,16 +210,7 @@ class ExecutorchTrainer:
         return self._eval(batch)[1]
 
     def evaluate(self, batches: Iterable[Batch]) -> EvalResult:
-        total_loss, correct, n = 0.0, 0, 0
-        for batch in batches:
-            loss, logits = self._eval(batch)
-            k = len(batch["labels"])
-            total_loss += loss * k
-            correct += int((logits.argmax(-1) == batch["labels"]).sum())
-            n += k
-        if n == 0:
-            return EvalResult(float("nan"), float("nan"), 0)
-        return EvalResult(total_loss / n, correct / n, n)
+        return evaluate_batches(self._eval, batches)
 
     def get_module(self) -> ModuleWeights:
         return {n: np.array(p) for n, p in self._params.items()}

@@ -19,7 +19,7 @@ from fedyolo.runtime.errors import BundleError
 from fedyolo.runtime.fedprox import proximal_step
 from fedyolo.runtime.manifest import CHECKPOINT, EVAL_MODEL, OPTIMIZER_MODEL, TRAINING_MODEL, TaskSpec
 from fedyolo.runtime.ort_import import load_ort
-from fedyolo.runtime.trainer import Batch, EvalResult
+from fedyolo.runtime.trainer import Batch, EvalResult, evaluate_batches
 from fedyolo.runtime.wire import ModuleWeights, check_module
 
 log = logging.getLogger(__name__)
@@ -170,16 +170,7 @@ class OrtTrainer:
         return self._eval(batch)[1]
 
     def evaluate(self, batches: Iterable[Batch]) -> EvalResult:
-        total_loss, correct, n = 0.0, 0, 0
-        for batch in batches:
-            loss, logits = self._eval(batch)
-            k = len(batch["labels"])
-            total_loss += loss * k
-            correct += int((logits.argmax(-1) == batch["labels"]).sum())
-            n += k
-        if n == 0:
-            return EvalResult(float("nan"), float("nan"), 0)
-        return EvalResult(total_loss / n, correct / n, n)
+        return evaluate_batches(self._eval, batches)
 
     def get_module(self) -> ModuleWeights:
         return {t.name: np.array(self._state.get_parameter(t.name).data.numpy()) for t in self.task.trainable}

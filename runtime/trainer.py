@@ -3,7 +3,7 @@ and the benchmarks all go through it. The same verbs exist in the web client and
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -57,3 +57,19 @@ class Trainer(Protocol):
     def set_learning_rate(self, lr: float) -> None:
         """Learning rate for the next steps."""
         ...
+
+
+def evaluate_batches(
+    eval_batch: Callable[[Batch], tuple[float, np.ndarray]], batches: Iterable[Batch]
+) -> EvalResult:
+    """Mean loss and accuracy over `batches`, weighted by examples, from a backend's (loss, logits) per batch."""
+    total_loss, correct, n = 0.0, 0, 0
+    for batch in batches:
+        loss, logits = eval_batch(batch)
+        k = len(batch["labels"])
+        total_loss += loss * k
+        correct += int((logits.argmax(-1) == batch["labels"]).sum())
+        n += k
+    if n == 0:
+        return EvalResult(float("nan"), float("nan"), 0)
+    return EvalResult(total_loss / n, correct / n, n)

@@ -16,6 +16,18 @@ from rich.console import Console
 from rich.markup import escape
 
 from fedyolo.cli.executorch import export_executorch_cmd
+from fedyolo.cli.export_options import (
+    Backbone,
+    BundleOut,
+    Force,
+    MaxLength,
+    ModuleKind,
+    ModuleOptions,
+    Optimizer,
+    Seed,
+    TaskData,
+    TaskName,
+)
 from fedyolo.cli.extras import missing_extra, needs
 from fedyolo.options import parse_pairs
 from fedyolo.runtime.errors import FedyoloError
@@ -102,20 +114,16 @@ def data_cmd(
 @export_app.command("onnx")
 @needs("export", "export")
 def export_onnx_cmd(
-    out: Annotated[Path, typer.Option(help="bundle folder: created, or extended with one more task")],
-    task: Annotated[str, typer.Option(help="task id: a built-in task, or any name with --data")] = "topics",
-    backbone: Annotated[
-        str, typer.Option(help="minilm (bundled), tiny-bert, tiny-vit, or a local HF dir")
-    ] = "minilm",
-    module: Annotated[str, typer.Option(help="lora, adapter, prompt, head or full")] = "lora",
-    data: Annotated[
-        Path | None, typer.Option(help="the task's data, for its labels (JSONL/CSV; .npz for images)")
-    ] = None,
-    option: Annotated[list[str] | None, typer.Option(help="module option key=value, e.g. r=16")] = None,
-    optimizer: Annotated[str, typer.Option(help="adamw or sgd")] = "adamw",
-    max_length: Annotated[int, typer.Option(help="tokens per example")] = 32,
-    seed: Annotated[int, typer.Option(help="seed for the module's initial weights")] = 0,
-    force: Annotated[bool, typer.Option(help="replace the task if the bundle already has it")] = False,
+    out: BundleOut,
+    task: TaskName = "topics",
+    backbone: Backbone = "minilm",
+    module: ModuleKind = "lora",
+    data: TaskData = None,
+    option: ModuleOptions = None,
+    optimizer: Optimizer = "adamw",
+    max_length: MaxLength = 32,
+    seed: Seed = 0,
+    force: Force = False,
 ) -> None:
     """Export backbone + module as ONNX Runtime training artifacts into a bundle (backbone stored once)."""
     from fedyolo.export.pipeline import export_onnx

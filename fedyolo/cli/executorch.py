@@ -2,30 +2,38 @@
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Annotated
 
 import typer
 
+from fedyolo.cli.export_options import (
+    Backbone,
+    BundleOut,
+    Force,
+    MaxLength,
+    ModuleKind,
+    ModuleOptions,
+    Optimizer,
+    Seed,
+    TaskData,
+    TaskName,
+)
+
 
 def export_executorch_cmd(
-    out: Annotated[Path, typer.Option(help="bundle folder: created, or extended with one more task")],
-    task: Annotated[str, typer.Option(help="task id: a built-in task, or any name with --data")] = "topics",
-    backbone: Annotated[
-        str, typer.Option(help="minilm (bundled), tiny-bert, tiny-vit, or a local HF dir")
-    ] = "minilm",
-    module: Annotated[str, typer.Option(help="lora, adapter, prompt, head or full")] = "lora",
-    data: Annotated[
-        Path | None, typer.Option(help="the task's data, for its labels (JSONL/CSV; .npz for images)")
-    ] = None,
-    option: Annotated[list[str] | None, typer.Option(help="module option key=value, e.g. r=16")] = None,
-    optimizer: Annotated[str, typer.Option(help="adamw or sgd")] = "adamw",
-    max_length: Annotated[int, typer.Option(help="tokens per example")] = 32,
+    out: BundleOut,
+    task: TaskName = "topics",
+    backbone: Backbone = "minilm",
+    module: ModuleKind = "lora",
+    data: TaskData = None,
+    option: ModuleOptions = None,
+    optimizer: Optimizer = "adamw",
+    max_length: MaxLength = 32,
     batch: Annotated[
         int, typer.Option(min=1, help="examples per program call (memory is planned for it)")
     ] = 8,
-    seed: Annotated[int, typer.Option(help="seed for the module's initial weights")] = 0,
-    force: Annotated[bool, typer.Option(help="replace the task if the bundle already has it")] = False,
+    seed: Seed = 0,
+    force: Force = False,
 ) -> None:
     """Export backbone + module as an ExecuTorch training program (and the ONNX artifacts, if the task is
     new) into a bundle; the frozen backbone's tensors go to one shared backbone.ptd."""
