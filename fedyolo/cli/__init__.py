@@ -29,6 +29,23 @@ from fedyolo.cli.export_options import (
     TaskName,
 )
 from fedyolo.cli.extras import missing_extra, needs
+from fedyolo.cli.plan_options import (
+    AdaptiveClip,
+    Aggregate,
+    Backend,
+    BatchSize,
+    ClientLr,
+    ClipNorm,
+    ExampleCap,
+    LocalEpochs,
+    LrSchedule,
+    ProximalMu,
+    Rounds,
+    ServerLr,
+    ServerMomentum,
+    Strategy,
+    Trim,
+)
 from fedyolo.options import parse_pairs
 from fedyolo.runtime.errors import FedyoloError
 from fedyolo.runtime.plan import FederationPlan
@@ -52,31 +69,6 @@ def _options(pairs: list[str] | None) -> dict[str, Any]:
     return {
         k: tuple(v) if isinstance(v, list) else v for k, v in parse_pairs(pairs, "--option", "r=16").items()
     }
-
-
-# The round plan's options, declared once for `serve` and `simulate` (both build one FederationPlan).
-Rounds = Annotated[int, typer.Option(min=1, help="rounds per task")]
-LocalEpochs = Annotated[int, typer.Option(min=1, help="epochs each client trains a round")]
-ClientLr = Annotated[float, typer.Option(help="clients' learning rate (AdamW) in round 1; see --lr-schedule")]
-LrSchedule = Annotated[
-    str, typer.Option(help="constant, or cosine: from --lr down towards 0 by the last round")
-]
-BatchSize = Annotated[int, typer.Option(min=1, help="clients' batch size")]
-ProximalMu = Annotated[float, typer.Option(help="FedProx term; 0 is FedAvg")]
-ClipNorm = Annotated[float, typer.Option(help="clip each update's change to this L2 norm; 0 off")]
-AdaptiveClip = Annotated[
-    float,
-    typer.Option(help="clip each update's change to this multiple of the recent median change; 0 off"),
-]
-ExampleCap = Annotated[
-    float, typer.Option(help="an update weighs at most this multiple of the recent median claim; 0 off")
-]
-Aggregate = Annotated[str, typer.Option(help="mean (weighted), or the robust median or trimmed_mean")]
-Trim = Annotated[float, typer.Option(help="trimmed_mean: the share cut from each end")]
-Strategy = Annotated[str, typer.Option(help="fedavg, fedavgm or fedadam")]
-ServerLr = Annotated[float | None, typer.Option(help="server learning rate (strategy default)")]
-Backend = Annotated[str, typer.Option(help="ort (ONNX Runtime), or executorch (the 'executorch' extra)")]
-ServerMomentum = Annotated[float, typer.Option(help="FedAvgM's momentum")]
 
 
 def _task_labels(task: str, data: Path | None) -> tuple[str, ...]:
@@ -177,15 +169,17 @@ def train_cmd(
     save: Annotated[Path | None, typer.Option(help="write the trained module (safetensors) here")] = None,
     backend: Backend = "ort",
 ) -> None:
-    """Train a task's module locally on this CPU (ONNX Runtime, torch-free) and report held-out accuracy."""
+    """Train a task's module locally on this CPU (ONNX Runtime, torch-free; or --backend executorch) and report held-out accuracy."""
     from fedyolo.cli.train import train_command
 
     train_command(bundle, task, data, test_data, epochs, lr, batch_size, seed, save, backend=backend)
 
 
 from fedyolo.cli.device import register as _register_device_commands  # noqa: E402
+from fedyolo.cli.runs import register as _register_runs  # noqa: E402
 
 _register_device_commands(app, export_app)
+_register_runs(app)
 
 
 def _verify(ca_cert: Path | None, insecure: bool) -> bool | Path:
@@ -346,117 +340,14 @@ def status_cmd(
     status_command(url, verify=_verify(ca_cert, insecure))
 
 
-def _task_list(tasks: str) -> tuple[str, ...]:
-    return tuple(t.strip() for t in tasks.split(",") if t.strip())
-
-
-@app.command("demo")
-@needs("the demo", "export", "server", "data")
-def demo_cmd(
-    clients: Annotated[int, typer.Option(min=1, help="client processes per task")] = 4,
-    alpha: Annotated[float, typer.Option(help="Dirichlet concentration: 0.1 skewed, 10 near IID")] = 1.0,
-    rounds: Annotated[int, typer.Option(min=1, help="rounds per task")] = 4,
-    local_epochs: Annotated[int, typer.Option(min=1, help="epochs each client trains a round")] = 1,
-    module: Annotated[str, typer.Option(help="lora, adapter, prompt, head or full")] = "lora",
-    tasks: Annotated[
-        str, typer.Option(help="comma-separated: built-in tasks or JSONL/CSV files")
-    ] = "topics,language",
-    backbone: Annotated[str, typer.Option(help="minilm, tiny-bert, or a local HF dir")] = "minilm",
-    out: Annotated[Path, typer.Option(help="bundle, logs, results.json, demo.png")] = Path("demo_out"),
-    chaos: Annotated[bool, typer.Option(help="kill a client mid-round and send a NaN update")] = False,
-    seed: Annotated[int, typer.Option(help="partition, subsample and module seed")] = 0,
-    port: Annotated[int, typer.Option(help="server port on 127.0.0.1; 0 picks a free one")] = 0,
-    lr: Annotated[float, typer.Option(help="learning rate (AdamW), constant")] = 2e-3,
-    batch_size: Annotated[int, typer.Option(min=1)] = 16,
-    max_length: Annotated[int, typer.Option(min=2, help="tokens per example")] = 24,
-    train_per_task: Annotated[int, typer.Option(help="cut each train split to this many; 0: all")] = 1500,
-    test_per_task: Annotated[int, typer.Option(help="cut each test split to this many; 0: all")] = 600,
-    round_deadline: Annotated[
-        float, typer.Option(help="seconds before a round closes without everyone")
-    ] = 300.0,
-    timeout: Annotated[float, typer.Option(help="stop the whole demo after this many seconds")] = 1500.0,
-) -> None:
-    """A real federated run of each task over one frozen backbone: server and clients as processes."""
-    from fedyolo.demo.command import demo_command
-    from fedyolo.demo.config import DemoConfig
-
-    config = DemoConfig(
-        clients=clients,
-        alpha=alpha,
-        rounds=rounds,
-        local_epochs=local_epochs,
-        module=module,
-        tasks=_task_list(tasks),
-        backbone=backbone,
-        out=out,
-        chaos=chaos,
-        seed=seed,
-        port=port,
-        lr=lr,
-        batch_size=batch_size,
-        max_length=max_length,
-        train_per_task=train_per_task,
-        test_per_task=test_per_task,
-        round_deadline_s=round_deadline,
-        timeout_s=timeout,
-    )
-    demo_command(config)
-
-
-@app.command("simulate")
-@needs("simulate", "export", "data")
-def simulate_cmd(
-    clients: Annotated[int, typer.Option(min=1, help="simulated clients")] = 100,
-    fraction: Annotated[float, typer.Option(help="share of the clients sampled each round")] = 0.1,
-    alpha: Annotated[float, typer.Option(help="Dirichlet concentration: 0.1 skewed, 10 near IID")] = 1.0,
-    rounds: Rounds = 50,
-    local_epochs: LocalEpochs = 1,
-    tasks: Annotated[str, typer.Option(help="comma-separated: built-in tasks or JSONL/CSV files")] = "topics",
-    module: Annotated[str, typer.Option(help="lora, adapter, prompt, head or full")] = "lora",
-    backbone: Annotated[str, typer.Option(help="minilm, tiny-bert, or a local HF dir")] = "minilm",
-    out: Annotated[Path, typer.Option(help="bundle and simulate.json")] = Path("simulate_out"),
-    lr: ClientLr = 2e-3,
-    batch_size: BatchSize = 16,
-    max_length: Annotated[int, typer.Option(min=2)] = 24,
-    train_per_task: Annotated[int, typer.Option(help="cut each train split to this many; 0: all")] = 0,
-    test_per_task: Annotated[int, typer.Option(help="cut each test split to this many; 0: all")] = 600,
-    lr_schedule: LrSchedule = "constant",
-    proximal_mu: ProximalMu = 0.0,
-    clip_norm: ClipNorm = 0.0,
-    adaptive_clip: AdaptiveClip = 3.0,
-    example_cap: ExampleCap = 4.0,
-    aggregate: Aggregate = "mean",
-    trim: Trim = 0.1,
-    strategy: Strategy = "fedavg",
-    server_lr: ServerLr = None,
-    server_momentum: ServerMomentum = 0.9,
-    seed: Annotated[int, typer.Option()] = 0,
-    eval_every: Annotated[int, typer.Option(min=1, help="evaluate the global module every n rounds")] = 5,
-    backend: Backend = "ort",
-) -> None:
-    """Many clients in one process, with the server's fold and the client's training code."""
-    from fedyolo.simulate import Cohort, simulate_command
-
-    plan = FederationPlan.from_options(locals())  # the plan's options, named after its fields
-    simulate_command(
-        _task_list(tasks),
-        plan,
-        Cohort(fraction=fraction, seed=seed, eval_every=eval_every),
-        clients=clients,
-        alpha=alpha,
-        module=module,
-        backbone=backbone,
-        out=out,
-        max_length=max_length,
-        train_per_task=train_per_task,
-        test_per_task=test_per_task,
-        backend=backend,
-    )
-
-
 def main() -> None:
     """Entry point: run the app, turning known errors into one line and a non-zero exit."""
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    # torchao (pulled in by the executorch extra; peft imports it when present) warns at import that its
+    # optional CUDA/Triton kernels do not load, and makes torch's pytree warn about its enums: neither
+    # concerns a CPU user, and a mistake must stay one line (tests/test_cli.py)
+    for noisy in ("torchao", "torch.utils._pytree"):
+        logging.getLogger(noisy).setLevel(logging.ERROR)
     try:
         try:
             app()
