@@ -101,6 +101,9 @@ def test_ctrl_c_stops_every_process_of_the_demo(tmp_path: Path) -> None:
         stderr=subprocess.STDOUT,
         text=True,
         env=env,
+        # Ctrl-C as a terminal delivers it: a test run started in the background (`cmd &` in a
+        # non-interactive shell) passes SIGINT down ignored, and Python keeps an ignored SIGINT ignored
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
     try:
         deadline = time.monotonic() + 180
