@@ -21,7 +21,7 @@ import numpy as np
 from fedyolo.runtime.bundle import Bundle
 from fedyolo.runtime.errors import BundleError, FedyoloError
 from fedyolo.runtime.executorch_files import BACKBONE_DATA_FILE, IGNORE_LABEL, PROGRAM
-from fedyolo.runtime.fedprox import proximal_step
+from fedyolo.runtime.fedprox import proximal_step, proximal_target
 from fedyolo.runtime.manifest import TaskSpec, sha256_file
 from fedyolo.runtime.trainer import Batch, EvalResult, evaluate_batches
 from fedyolo.runtime.wire import ModuleWeights, check_module
@@ -224,12 +224,7 @@ class ExecutorchTrainer:
 
     def set_proximal(self, global_weights: ModuleWeights, mu: float) -> None:
         """After each step, pull the module towards `global_weights` by `lr * mu`; `mu = 0` turns it off."""
-        if mu < 0:
-            raise ValueError(f"proximal mu must not be negative, got {mu}")
-        check_module(global_weights, self.task)
-        self._proximal = (
-            ({n: np.array(global_weights[n], np.float32) for n in self._names}, mu) if mu > 0 else None
-        )
+        self._proximal = proximal_target(global_weights, mu, self.task)
 
     def _write_module(self, weights: ModuleWeights) -> None:
         for name, p in self._params.items():

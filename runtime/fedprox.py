@@ -19,7 +19,8 @@ from typing import Protocol, runtime_checkable
 
 import numpy as np
 
-from fedyolo.runtime.wire import ModuleWeights
+from fedyolo.runtime.manifest import TaskSpec
+from fedyolo.runtime.wire import ModuleWeights, check_module
 
 
 def proximal_step(
@@ -33,6 +34,19 @@ def proximal_step(
         name: (w - pull * (w - global_weights[name])).astype(w.dtype, copy=False)
         for name, w in weights.items()
     }
+
+
+def proximal_target(
+    global_weights: ModuleWeights, mu: float, task: TaskSpec
+) -> tuple[ModuleWeights, float] | None:
+    """What a trainer's `set_proximal` keeps: a float32 copy of the checked global module and `mu`, or
+    None when `mu` is 0 (no pull); a negative `mu` is a ValueError."""
+    if mu < 0:
+        raise ValueError(f"proximal mu must not be negative, got {mu}")
+    check_module(global_weights, task)
+    if mu == 0:
+        return None
+    return {t.name: np.array(global_weights[t.name], np.float32) for t in task.trainable}, mu
 
 
 @runtime_checkable

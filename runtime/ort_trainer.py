@@ -16,7 +16,7 @@ import numpy as np
 from fedyolo.runtime.bucketing import trim_padding
 from fedyolo.runtime.bundle import Bundle
 from fedyolo.runtime.errors import BundleError
-from fedyolo.runtime.fedprox import proximal_step
+from fedyolo.runtime.fedprox import proximal_step, proximal_target
 from fedyolo.runtime.manifest import CHECKPOINT, EVAL_MODEL, OPTIMIZER_MODEL, TRAINING_MODEL, TaskSpec
 from fedyolo.runtime.ort_import import load_ort
 from fedyolo.runtime.trainer import Batch, EvalResult, evaluate_batches
@@ -186,14 +186,7 @@ class OrtTrainer:
 
     def set_proximal(self, global_weights: ModuleWeights, mu: float) -> None:
         """After each step, pull the module towards `global_weights` by `lr * mu`; `mu = 0` turns it off."""
-        if mu < 0:
-            raise ValueError(f"proximal mu must not be negative, got {mu}")
-        check_module(global_weights, self.task)
-        self._proximal = (
-            ({t.name: np.array(global_weights[t.name], np.float32) for t in self.task.trainable}, mu)
-            if mu > 0
-            else None
-        )
+        self._proximal = proximal_target(global_weights, mu, self.task)
 
     def _write_module(self, weights: ModuleWeights) -> None:
         """Copy `weights` into the checkpoint state; the optimiser's moments are left as they are."""

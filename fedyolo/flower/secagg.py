@@ -187,15 +187,17 @@ class SecureFold(LegacyStrategy):  # type: ignore[misc]
         # Every result carries the same unmasked mean: SecAgg+ hands the strategy one aggregate.
         mean = arrays_module(parameters_to_ndarrays(ordered[0][1].parameters), self.task)
         state = self.base.state
+        claimed = [number(r.metrics.get(CLAIMED), CLAIMED) for _, r in ordered]
         norms = [*state.norms, *(number(r.metrics.get(NORM), NORM) for _, r in ordered)]
-        claims = [*state.claims, *(number(r.metrics.get(CLAIMED), CLAIMED) for _, r in ordered)]
-        new, new_state = apply_delta(self.global_weights, mean, self.base.plan, state, norms, claims)
+        new, new_state = apply_delta(
+            self.global_weights, mean, self.base.plan, state, norms, [*state.claims, *claimed]
+        )
         if not is_finite(new, new_state):
             record.set_aside.append("the fold's result is not finite; the module stays")
             return None, {}
         self.base.state = new_state
         new = decode_module(encode_module(new, self.task), self.task)  # committed through the wire format
-        record.examples = sum(number(r.metrics.get(CLAIMED), CLAIMED) for _, r in ordered)
+        record.examples = sum(claimed)
         losses = [float(v) for _, r in ordered if isinstance(v := r.metrics.get("train_loss"), int | float)]
         record.train_loss = float(np.mean(losses)) if losses else None
         self.global_weights = new
