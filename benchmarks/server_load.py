@@ -86,6 +86,7 @@ def client_loop(
     while not stop.is_set():
         # Long poll: the server answers when a round newer than ours is open (or after 5 s).
         status, raw = request(conn, "GET", f"/v1/tasks/topics/round?newer_than={last}&wait_s=5", headers=auth)
+        out["polls"].append(1)
         info = json.loads(raw)
         if status != 200 or info["status"] != "open" or info["round"] <= last:
             continue
@@ -164,7 +165,7 @@ def main() -> None:
                              {"Content-Type": "application/json"})  # fmt: skip
             tokens.append(json.loads(raw)["token"])
         rng = np.random.default_rng(0)
-        out: dict[str, list] = {"latency": [], "acks": [], "refused": []}
+        out: dict[str, list] = {"latency": [], "acks": [], "refused": [], "polls": []}
         stop = threading.Event()
         threads = []
         for tok in tokens:
@@ -242,6 +243,7 @@ def main() -> None:
         },
         "distinct_update_blobs": distinct_blobs,  # = uploads_accepted: every upload was written and fsynced
         "refused": len(out["refused"]),
+        "round_polls_per_upload": round(len(out["polls"]) / max(1, len(out["acks"])), 2),
         "lost": lost,
         "duplicated": duplicated,
         "server_workers": args.workers,

@@ -155,8 +155,9 @@ Client = Annotated[int, Depends(client_id)]
 
 
 class RoundSignal:
-    """Wakes the long polls of this process when a round changes: at once for a change made here, within
-    `poll_s` for one made by another worker process (seen through SQLite's `PRAGMA data_version`)."""
+    """Wakes the long polls of this process when a round opens or a task finishes: at once for a change
+    made here, within `poll_s` for one made by another worker process (seen through SQLite's `PRAGMA
+    data_version`, then confirmed by reading the rounds: other processes' uploads wake nobody)."""
 
     def __init__(self, rounds: Rounds, poll_s: float = 0.01) -> None:
         self.rounds = rounds
@@ -175,12 +176,16 @@ class RoundSignal:
     async def watch(self) -> None:
         """Run for the app's life: hook the rounds' listeners and poll for other processes' changes."""
         self._loop = asyncio.get_running_loop()
-        self.rounds.listeners.append(self.fire_threadsafe)
-        seen = self.rounds.refresh()
+        self.rounds.round_listeners.append(self.fire_threadsafe)
+        seen, marks = self.rounds.refresh(), self.rounds.round_marks()
         while True:
             await asyncio.sleep(self.poll_s)
-            if self.rounds.refresh() != seen:
-                seen = self.rounds.generation
+            if self.rounds.refresh() == seen:
+                continue
+            seen = self.rounds.generation
+            now = self.rounds.round_marks()
+            if now != marks:
+                marks = now
                 self.fire()
 
     async def wait(self, timeout_s: float) -> None:
