@@ -7,11 +7,9 @@ Every error is `{"code": ..., "detail": ...}` with a code from `errors.CODES`.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import logging
 import os
-import re
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -30,9 +28,12 @@ import fedyolo
 from fedyolo.fedserver.aggregator import Aggregator
 from fedyolo.fedserver.clients import Clients
 from fedyolo.fedserver.config import ServerConfig
+from fedyolo.fedserver.downloads import bundle_files, check_range, not_modified
 from fedyolo.fedserver.errors import CODES, ApiError
+from fedyolo.fedserver.long_poll import PollReads, RoundSignal
+from fedyolo.fedserver.recovery import recover as recover_state
 from fedyolo.fedserver.reports import round_history, server_status
-from fedyolo.fedserver.rounds import RoundInfo, Rounds
+from fedyolo.fedserver.rounds import Rounds
 from fedyolo.fedserver.schemas import (
     BundleListing,
     ErrorBody,
@@ -47,14 +48,11 @@ from fedyolo.fedserver.schemas import (
 from fedyolo.fedserver.store import Store, start_up_errors
 from fedyolo.fedserver.uploads import Update
 from fedyolo.fedserver.web import mount_web
-from fedyolo.runtime.bundle import Bundle, open_bundle
-from fedyolo.runtime.executorch_files import BACKBONE_DATA_FILE
-from fedyolo.runtime.manifest import BACKBONE_FILE, MANIFEST_NAME, TOKENIZER_FILE, FileEntry, file_entry
+from fedyolo.runtime.bundle import open_bundle
 
 log = logging.getLogger(__name__)
 
 OCTET = "application/octet-stream"
-RANGE = re.compile(r"^bytes=(\d{1,18})-(\d{0,18})$")  # 18 digits: any file size, never a huge int
 ERRORS: dict[int | str, dict[str, Any]] = {
     status: {"model": ErrorBody, "description": ", ".join(sorted(c for c, s in CODES.items() if s == status))}
     for status in sorted(set(CODES.values()))
@@ -71,38 +69,6 @@ UPLOAD_BODY = {
     }
 }
 STATUS_CODES = {400: "invalid_request", 404: "not_found", 405: "method_not_allowed", 413: "payload_too_large"}
-
-
-def bundle_files(bundle: Bundle) -> dict[str, FileEntry]:
-    """Every file a client may download, by bundle-relative path; nothing else is ever served."""
-    manifest = bundle.manifest
-    files = {MANIFEST_NAME: file_entry(bundle.root / MANIFEST_NAME), BACKBONE_FILE: manifest.backbone.file}
-    if manifest.tokenizer is not None:
-        files[TOKENIZER_FILE] = manifest.tokenizer
-    if manifest.backbone.executorch_data is not None:  # the frozen backbone for ExecuTorch clients
-        files[BACKBONE_DATA_FILE] = manifest.backbone.executorch_data
-    for task_id, task in manifest.tasks.items():
-        for name, entry in task.files.items():
-            files[f"tasks/{task_id}/{name}"] = entry
-    return files
-
-
-def _not_modified(request: Request, etag: str) -> bool:
-    """`If-None-Match` as RFC 9110 13.1.2 says: `*` matches, and tags compare weakly (`W/"x"` is `"x"`)."""
-    tags = [tag.strip().removeprefix("W/") for tag in request.headers.get("if-none-match", "").split(",")]
-    return "*" in tags or etag.removeprefix("W/") in tags
-
-
-def _check_range(request: Request, size: int) -> None:
-    """Only one `bytes=start-[end]` range is served; anything else is a JSON 416, not a guess."""
-    header = request.headers.get("range")
-    if header is None:
-        return
-    match = RANGE.match(header.strip())
-    if match is None or int(match[1]) >= size or (match[2] and int(match[2]) < int(match[1])):
-        raise ApiError(
-            "bad_range", f"range {header[:40]!r} is not one satisfiable `bytes=start-[end]` of {size} bytes"
-        )
 
 
 async def _read_capped(request: Request, cap: int) -> bytes:
@@ -154,69 +120,6 @@ async def client_id(
 Client = Annotated[int, Depends(client_id)]
 
 
-class RoundSignal:
-    """Wakes the long polls of this process when a round opens or a task finishes: at once for a change
-    made here, within `poll_s` for one made by another worker process (seen through SQLite's `PRAGMA
-    data_version`, then confirmed by reading the rounds: other processes' uploads wake nobody)."""
-
-    def __init__(self, rounds: Rounds, poll_s: float = 0.01) -> None:
-        self.rounds = rounds
-        self.poll_s = poll_s
-        self._event = asyncio.Event()
-        self._loop: asyncio.AbstractEventLoop | None = None
-
-    def fire(self) -> None:
-        self._event.set()
-        self._event = asyncio.Event()
-
-    def fire_threadsafe(self) -> None:
-        if self._loop is not None:
-            self._loop.call_soon_threadsafe(self.fire)
-
-    async def watch(self) -> None:
-        """Run for the app's life: hook the rounds' listeners and poll for other processes' changes."""
-        self._loop = asyncio.get_running_loop()
-        self.rounds.round_listeners.append(self.fire_threadsafe)
-        seen, marks = self.rounds.refresh(), self.rounds.round_marks()
-        while True:
-            await asyncio.sleep(self.poll_s)
-            if self.rounds.refresh() == seen:
-                continue
-            seen = self.rounds.generation
-            now = self.rounds.round_marks()
-            if now != marks:
-                marks = now
-                self.fire()
-
-    async def wait(self, timeout_s: float) -> None:
-        """Until the next change, or `timeout_s`."""
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._event.wait(), timeout_s)
-
-
-class PollReads:
-    """The round as the woken long polls re-read it: one database read per change, not one per poll.
-
-    Every accepted update wakes every waiting long poll (up to one per client), and each used to re-read
-    the round on the event loop: 32 clients made ~500 reads a round, the event loop's largest cost in
-    `benchmarks/server_load.py`. A read is reused while `rounds.generation` (bumped by every change this
-    process makes or sees another process make) stays the same.
-    """
-
-    def __init__(self, rounds: Rounds) -> None:
-        self.rounds = rounds
-        self._latest: dict[str, tuple[int, RoundInfo]] = {}
-
-    def current(self, task_id: str) -> RoundInfo:
-        generation = self.rounds.generation  # read first: a change during the read only costs a re-read
-        hit = self._latest.get(task_id)
-        if hit is not None and hit[0] == generation:
-            return hit[1]
-        info = self.rounds.current(task_id)
-        self._latest[task_id] = (generation, info)
-        return info
-
-
 def create_app(config: ServerConfig, recover: bool = True) -> FastAPI:
     """Open the bundle (every file hashed) and the state directory, recover, and build the app.
 
@@ -227,7 +130,7 @@ def create_app(config: ServerConfig, recover: bool = True) -> FastAPI:
     rounds = Rounds(config, bundle, store)
     if recover:
         with start_up_errors(config.state_dir):
-            rounds.recover()
+            recover_state(rounds)
     aggregator = Aggregator(rounds)
     signal = RoundSignal(rounds)
     seen_by_polls = PollReads(rounds)
@@ -341,9 +244,9 @@ def create_app(config: ServerConfig, recover: bool = True) -> FastAPI:
         if entry is None:
             raise ApiError("not_found", f"{path!r} is not a file of this bundle; GET /v1/bundle lists them")
         etag = f'"{entry.sha256}"'
-        if _not_modified(request, etag):
+        if not_modified(request, etag):
             return Response(status_code=304, headers={"etag": etag})
-        _check_range(request, entry.bytes)
+        check_range(request, entry.bytes)
         return FileResponse(bundle.root / path, media_type=OCTET, headers={"etag": etag})
 
     @app.get("/v1/tasks/{task_id}/round", response_model=RoundBody, tags=["rounds"])
@@ -386,7 +289,7 @@ def create_app(config: ServerConfig, recover: bool = True) -> FastAPI:
         """
         sha, body = rounds.module(task_id, version)
         headers = {"etag": f'"{sha}"', "cache-control": "private, max-age=31536000, immutable"}
-        if _not_modified(request, headers["etag"]):
+        if not_modified(request, headers["etag"]):
             return Response(status_code=304, headers=headers)
         return Response(body, media_type=OCTET, headers=headers)
 

@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 
 from fedyolo.fedserver.config import ServerConfig
-from fedyolo.fedserver.errors import ApiError, ServerConfigError
+from fedyolo.fedserver.errors import ApiError
 from fedyolo.fedserver.store import UPDATE_COLUMNS, Store, sha256_hex
 from fedyolo.fedserver.uploads import (
     Answer,
@@ -36,9 +36,9 @@ from fedyolo.fedserver.uploads import (
 )
 from fedyolo.runtime.bundle import Bundle
 from fedyolo.runtime.errors import ModuleWeightsError
-from fedyolo.runtime.manifest import MODULE_WEIGHTS, TaskSpec
+from fedyolo.runtime.manifest import TaskSpec
 from fedyolo.runtime.plan import RoundPlan
-from fedyolo.runtime.wire import ModuleWeights, decode_module, encode_module
+from fedyolo.runtime.wire import ModuleWeights, decode_module
 
 log = logging.getLogger(__name__)
 
@@ -89,8 +89,9 @@ def spec_sha256(task: TaskSpec) -> str:
 class Rounds:
     """Rounds of every task of the bundle over one store; thread-safe.
 
-    `recover()` brings the state up to date with the bundle and drops garbage; the aggregation of
-    closed rounds (`aggregator.Aggregator`) and the long polls hear of every change through `listeners`.
+    `recovery.recover(rounds)` brings the state up to date with the bundle and drops garbage. The
+    aggregation of closed rounds (`aggregator.Aggregator`) hears of every change through `listeners`, the
+    long polls of rounds that open or finish through `round_listeners`.
     """
 
     def __init__(
@@ -145,57 +146,7 @@ class Rounds:
             ).fetchall()
         return [(r[0], r[1], r[2]) for r in rows]  # SQLite: a bare column beside MAX() is from that row
 
-    def recover(self) -> None:
-        """Create missing tasks, drop blobs no row names (left by uploads a crash interrupted), and check
-        the blobs still needed against their hashes (`check_store`), setting aside updates whose blob is lost.
-
-        Run it in one process before serving: a server worker must not collect a blob another is writing.
-        """
-        for task in self.bundle.manifest.tasks.values():
-            self._ensure_task(task)
-        removed = self.store.blobs.collect(self.store.referenced_blobs())
-        if removed:
-            log.info("removed %d unreferenced blob or temp files left by an interrupted upload", removed)
-        for problem in self.check_store():
-            log.warning("store check: %s", problem)
-        with self.store.read() as db:
-            for row in db.execute(
-                "SELECT task_id, round FROM rounds WHERE status = 'aggregating' ORDER BY round"
-            ):
-                log.info(
-                    "round %d of task %r was closed but not committed: aggregating it again", row[1], row[0]
-                )
-
-    def _ensure_task(self, task: TaskSpec) -> None:
-        spec = spec_sha256(task)
-        now = self.clock()
-        with self.store.read() as db:
-            row = db.execute("SELECT spec_sha256 FROM tasks WHERE task_id = ?", (task.task_id,)).fetchone()
-        if row is not None and row[0] != spec:
-            raise ServerConfigError(
-                f"task {task.task_id!r} in the bundle has other trainable tensors than the one in "
-                f"{self.config.state_dir}; serve it with a new --state-dir"
-            )
-        if row is None:
-            raw = self.bundle.task_file(task.task_id, MODULE_WEIGHTS).read_bytes()
-            body = encode_module(decode_module(raw, task), task)
-            blob = self.store.blobs.put(body)
-            with self.store.transaction() as db:
-                db.execute("INSERT INTO tasks VALUES (?, ?, ?)", (task.task_id, spec, now))
-                db.execute(
-                    "INSERT INTO module_versions VALUES (?, 0, ?, NULL, NULL, ?)", (task.task_id, blob, now)
-                )
-                self._open_round(db, task.task_id, 1, 0, now)
-            return
-        with self.store.transaction() as db:  # more rounds asked than the last run had: go on
-            last = db.execute(
-                "SELECT round, status FROM rounds WHERE task_id = ? ORDER BY round DESC LIMIT 1",
-                (task.task_id,),
-            ).fetchone()
-            if last["status"] == "committed" and last["round"] < self.config.rounds:
-                self._open_round(db, task.task_id, last["round"] + 1, last["round"], now)
-
-    def _open_round(self, db: Any, task_id: str, round_id: int, base_version: int, now: float) -> None:
+    def open_round(self, db: Any, task_id: str, round_id: int, base_version: int, now: float) -> None:
         db.execute(
             "INSERT INTO rounds (task_id, round, status, base_version, opened_at, deadline_at) "
             "VALUES (?, ?, 'open', ?, ?, ?)",
@@ -343,7 +294,7 @@ class Rounds:
                 (now, json.dumps(metrics), task_id, round_id),
             )
             if round_id < self.config.rounds:
-                self._open_round(db, task_id, round_id + 1, version, now)
+                self.open_round(db, task_id, round_id + 1, version, now)
         self._changed()
         return version
 
@@ -375,39 +326,6 @@ class Rounds:
                 task_id, round_id, update_id, reason, "; the round is open again" if left == 0 else "",
             )  # fmt: skip
             self._changed()
-
-    def check_store(self) -> list[str]:
-        """Check every blob the server still needs against its hash; set aside the updates whose blob is
-        lost, and return what was found (for the start-up log). A lost module version cannot be rebuilt:
-        the latest one of a task is a ServerConfigError naming the fix."""
-        found = []
-        with self.store.read() as db:
-            pending = db.execute(
-                "SELECT u.id, u.task_id, u.round, u.blob FROM updates u JOIN rounds r "
-                "ON r.task_id = u.task_id AND r.round = u.round WHERE r.status != 'committed' ORDER BY u.id"
-            ).fetchall()
-            versions = db.execute(
-                "SELECT task_id, version, blob, state_blob, version = (SELECT MAX(version) FROM module_versions "
-                "m WHERE m.task_id = v.task_id) AS latest FROM module_versions v ORDER BY task_id, version"
-            ).fetchall()
-        for row in pending:
-            problem = self.store.blobs.check(row["blob"])
-            if problem is not None:
-                self.quarantine(row["task_id"], row["round"], row["id"], problem)
-                found.append(f"update {row['id']} of task {row['task_id']!r} round {row['round']}: {problem}")
-        for row in versions:
-            problems = [self.store.blobs.check(b) for b in (row["blob"], row["state_blob"]) if b]
-            problem = next((p for p in problems if p), None)
-            if problem is None:
-                continue
-            if row["latest"]:
-                raise ServerConfigError(
-                    f"module version {row['version']} of task {row['task_id']!r}, the one its rounds go on "
-                    f"from, is lost ({problem}); restore {self.config.state_dir} from a backup or serve with "
-                    "a new --state-dir"
-                )
-            found.append(f"module version {row['version']} of task {row['task_id']!r}: {problem}")
-        return found
 
     def updates(self, task_id: str, round_id: int, after_id: int = 0, page: int = 256) -> Iterator[Any]:
         """A round's updates with id > `after_id`, in acceptance order, a page at a time (memory O(page))."""

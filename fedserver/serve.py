@@ -19,6 +19,7 @@ from fedyolo.fedserver.clients import new_enroll_key
 from fedyolo.fedserver.config import ServerConfig
 from fedyolo.fedserver.errors import ServerConfigError
 from fedyolo.fedserver.http_limits import HttpLimits, protocol
+from fedyolo.fedserver.recovery import recover
 from fedyolo.fedserver.rounds import Rounds
 from fedyolo.fedserver.store import Store, start_up_errors
 from fedyolo.fedserver.web import page_qr, page_url
@@ -76,7 +77,7 @@ def prepare_state(config: ServerConfig) -> None:
     store = Store(config.state_dir)
     try:
         with start_up_errors(config.state_dir):
-            Rounds(config, open_bundle(config.bundle_dir), store).recover()
+            recover(Rounds(config, open_bundle(config.bundle_dir), store))
     finally:
         store.close()
 

@@ -21,6 +21,7 @@ from fedyolo.fedserver.aggregator import Aggregator
 from fedyolo.fedserver.app import create_app
 from fedyolo.fedserver.clients import Clients
 from fedyolo.fedserver.config import ServerConfig
+from fedyolo.fedserver.recovery import recover
 from fedyolo.fedserver.rounds import Rounds
 from fedyolo.fedserver.store import Store
 from fedyolo.fedserver.uploads import Update
@@ -116,7 +117,7 @@ def test_a_lost_update_blob_is_set_aside_and_its_round_commits(tmp_path: Path, c
     config = configured(config, min_clients=3)
     store = Store(config.state_dir)
     rounds = Rounds(config, open_bundle(config.bundle_dir), store)
-    rounds.recover()
+    recover(rounds)
     clients = Clients(store, ENROLL_KEY)
     task = task_spec(config.bundle_dir)
     base = decode_module((config.bundle_dir / "tasks/topics/module.safetensors").read_bytes(), task)

@@ -42,7 +42,7 @@ def test_a_crash_inside_the_commit_leaves_the_round_aggregating_and_a_restart_co
 
     client, api = open_api(config, bundle_dir)
     a, b = api.register(), api.register()
-    monkeypatch.setattr(Rounds, "_open_round", crash)
+    monkeypatch.setattr(Rounds, "open_round", crash)
     # Execute
     api.upload(a, 1, random_module(api.task, 1), examples=7)
     api.upload(b, 1, random_module(api.task, 2), examples=3)  # closes round 1; the worker's commit fails

@@ -11,6 +11,7 @@ import pytest
 from fedyolo.fedserver.aggregator import Aggregator
 from fedyolo.fedserver.clients import Clients
 from fedyolo.fedserver.config import ServerConfig
+from fedyolo.fedserver.recovery import recover
 from fedyolo.fedserver.rounds import Rounds
 from fedyolo.fedserver.store import Store
 from fedyolo.fedserver.uploads import Update
@@ -36,7 +37,7 @@ def filled_round(tmp_path: Path, n: int) -> tuple[Rounds, ServerConfig]:
     )
     store = Store(config.state_dir)
     rounds = Rounds(config, bundle, store)
-    rounds.recover()
+    recover(rounds)
     clients = Clients(store, ENROLL_KEY)
     task = bundle.task("topics")
     base = random_module(task, 0, scale=1.0)

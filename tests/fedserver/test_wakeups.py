@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from fedyolo.fedserver.clients import Clients
 from fedyolo.fedserver.config import ServerConfig
+from fedyolo.fedserver.recovery import recover
 from fedyolo.fedserver.rounds import Rounds
 from fedyolo.fedserver.store import Store
 from fedyolo.fedserver.uploads import Update
@@ -21,7 +22,7 @@ from .conftest import ENROLL_KEY, random_module
 def open_rounds(config: ServerConfig) -> Rounds:
     """The rounds as one server worker process holds them: its own store connection to the state."""
     rounds = Rounds(config, open_bundle(config.bundle_dir, verify=False), Store(config.state_dir))
-    rounds.recover()
+    recover(rounds)
     return rounds
 
 
