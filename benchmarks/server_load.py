@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import http.client
 import json
+import multiprocessing
 import os
 import platform
 import random
@@ -28,6 +29,7 @@ import threading
 import time
 import uuid
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import psutil
@@ -71,9 +73,7 @@ def distinct_body(base: bytes, serial: int) -> bytes:
     return base[:start] + struct.pack("<f", serial * 1e-7) + base[start + 4 :]
 
 
-def client_loop(
-    port: int, token: str, bodies: list[bytes], stop: threading.Event, out: dict[str, list]
-) -> None:
+def client_loop(port: int, token: str, bodies: list[bytes], stop: Any, out: dict[str, list]) -> None:
     """One device: poll the round, fetch the module, upload once per round; record latency and acks.
 
     Each upload is a distinct body (one of `bodies` with a serial number written into it).
@@ -115,6 +115,20 @@ def client_loop(
     conn.close()
 
 
+def client_group(port: int, jobs: list[tuple[str, list[bytes]]], stop: Any, results: Any) -> None:
+    """One load-generator process: a thread per client; puts what they saw, and its CPU time, on `results`."""
+    out: dict[str, list] = {"latency": [], "acks": [], "refused": [], "polls": []}
+    threads = [
+        threading.Thread(target=client_loop, args=(port, tok, bodies, stop, out)) for tok, bodies in jobs
+    ]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    own = psutil.Process().cpu_times()
+    results.put(out | {"cpu_s": [own.user + own.system]})
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--clients", type=int, default=64)
@@ -124,6 +138,7 @@ def main() -> None:
         help="base update bodies per client (each upload also carries a serial number: no two are equal)",
     )  # fmt: skip
     p.add_argument("--workers", type=int, default=2, help="server processes")
+    p.add_argument("--loadgen-processes", type=int, default=4, help="processes the simulated clients run in")
     p.add_argument(
         "--work-dir", type=Path, default=None,
         help="where the bundle and the server state go (default: a temp dir on disk; /dev/shm takes the "
@@ -165,32 +180,39 @@ def main() -> None:
                              {"Content-Type": "application/json"})  # fmt: skip
             tokens.append(json.loads(raw)["token"])
         rng = np.random.default_rng(0)
-        out: dict[str, list] = {"latency": [], "acks": [], "refused": [], "polls": []}
-        stop = threading.Event()
-        threads = []
-        for tok in tokens:
-            bodies = [
+        jobs = [
+            (tok, [
                 encode_module({t.name: 0.02 * rng.standard_normal(t.shape).astype(np.float32) for t in task.trainable}, task)
                 for _ in range(args.bodies)
-            ]  # fmt: skip
-            threads.append(
-                threading.Thread(target=client_loop, args=(port, tok, bodies, stop, out), daemon=True)
-            )
+            ])
+            for tok in tokens
+        ]  # fmt: skip
+        # Clients in several processes, a thread each: one process's GIL would queue 64 clients' requests
+        # behind one another and time the load generator, not the server.
+        fork = multiprocessing.get_context("fork")
+        stop, results = fork.Event(), fork.Queue()
+        groups = [
+            fork.Process(target=client_group, args=(port, jobs[g :: args.loadgen_processes], stop, results), daemon=True)
+            for g in range(min(args.loadgen_processes, len(jobs)))
+        ]  # fmt: skip
         peak_rss = 0
-        cpu0, own0 = _cpu(tree()), psutil.Process().cpu_times()
+        cpu0 = _cpu(tree())
         t_start = time.time()
-        for t in threads:
-            t.start()
+        for g in groups:
+            g.start()
         while time.time() - t_start < args.seconds:
             peak_rss = max(peak_rss, sum(p.memory_info().rss for p in tree()))
             time.sleep(0.1)
         stop.set()
-        for t in threads:
-            t.join(timeout=60)
+        out: dict[str, list] = {"latency": [], "acks": [], "refused": [], "polls": [], "cpu_s": []}
+        for _ in groups:
+            for key, values in results.get(timeout=120).items():
+                out[key] += values
+        for g in groups:
+            g.join(timeout=60)
         t_stop = time.time()
-        cpu1, own1 = _cpu(tree()), psutil.Process().cpu_times()
-        server_cpu = (cpu1 - cpu0) / (t_stop - t_start)
-        loadgen_cpu = (own1.user + own1.system - own0.user - own0.system) / (t_stop - t_start)
+        server_cpu = (_cpu(tree()) - cpu0) / (t_stop - t_start)
+        loadgen_cpu = sum(out["cpu_s"]) / (t_stop - t_start)
         time.sleep(2.0)  # the last round cannot close (clients stopped); committed rounds are final
     finally:
         server.terminate()
@@ -247,6 +269,7 @@ def main() -> None:
         "lost": lost,
         "duplicated": duplicated,
         "server_workers": args.workers,
+        "load_generator_processes": len(groups),
         "state_dir": str(work / "state"),
         "server_peak_rss_mb": round(peak_rss / 2**20, 1),
         "server_cpu_cores_busy": round(server_cpu, 2),
