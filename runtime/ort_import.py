@@ -20,9 +20,13 @@ def load_ort() -> ModuleType:
         loaded.set_default_logger_severity(3)
         return loaded
     hidden: dict[str, Any] = {}
-    if "torch" not in sys.modules:
-        # A None entry makes `import torch` raise ImportError, which ORT's validation tolerates.
-        hidden["torch"] = sys.modules.setdefault("torch", None)  # type: ignore[arg-type]
+    # A None entry makes `import torch` raise ImportError, which ORT's validation tolerates. Hiding
+    # onnxruntime.training too spares the validation's attempt at it, which imported onnx, protobuf and
+    # ORT's model tools before failing at torch: 232 modules, +14 MiB resident (benchmarks/README.md,
+    # levers). The device needs none of them; export imports the package normally afterwards.
+    for name in ("torch", "onnxruntime.training"):
+        if name not in sys.modules:
+            hidden[name] = sys.modules.setdefault(name, None)  # type: ignore[arg-type]
     try:
         import onnxruntime  # noqa: F401
         from onnxruntime.capi import _pybind_state

@@ -2,7 +2,8 @@
 
 Loaded once: `SharedBackbone` maps backbone.bin into memory (np.memmap, so the page cache is the only
 copy) and hands the same OrtValue per frozen tensor to every session of every task through
-`SessionOptions.add_initializer`. A second task costs its graphs' working memory, not a backbone.
+`SessionOptions.add_initializer`, and every session allocates from one shared CPU arena (ort_arena.py):
+a second task costs its graphs and its module's state, neither a backbone nor a second activation arena.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from fedyolo.runtime.bundle import Bundle
 from fedyolo.runtime.errors import BundleError
 from fedyolo.runtime.fedprox import proximal_step, proximal_target
 from fedyolo.runtime.manifest import CHECKPOINT, EVAL_MODEL, OPTIMIZER_MODEL, TRAINING_MODEL, TaskSpec
+from fedyolo.runtime.ort_arena import use_shared_arena
 from fedyolo.runtime.ort_import import load_ort
 from fedyolo.runtime.trainer import Batch, EvalResult, evaluate_batches
 from fedyolo.runtime.wire import ModuleWeights, check_module
@@ -33,8 +35,10 @@ def cpu_device() -> Any:
 class SharedBackbone:
     """backbone.bin, memory-mapped once, as one OrtValue per frozen tensor for every session."""
 
-    def __init__(self, bundle: Bundle, mmap: bool = True) -> None:
+    def __init__(self, bundle: Bundle, mmap: bool = True, shared_arena: bool = True) -> None:
         self._C = load_ort()
+        # shared_arena=False: an arena per session, as before (benchmarks/resident.py's other arm)
+        self.shared_arena = shared_arena
         from onnxruntime.capi.onnxruntime_inference_collection import OrtValue
 
         self.path = bundle.backbone_path
@@ -57,6 +61,8 @@ class SharedBackbone:
         options = self._C.SessionOptions()
         if threads:
             options.intra_op_num_threads = threads
+        if self.shared_arena:
+            use_shared_arena(options)
         for name, value in self.values.items():
             options.add_initializer(name, value)
         return options
