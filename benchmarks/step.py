@@ -208,7 +208,7 @@ def versions() -> dict[str, str]:
 
 def executorch_side_by_side(bundle: str, ort: dict[str, Any]) -> dict[str, Any] | None:
     """The ExecuTorch step on the same task and batches, its program added to the bundle if missing (the
-    addmm -> mm + add rewrite on: DESIGN.md); None without the 'executorch' extra."""
+    speed rewrites of fedyolo/export/executorch_rewrites.py on); None without the 'executorch' extra."""
     if importlib.util.find_spec("executorch") is None:
         return None
     from fedyolo.runtime.executorch_files import PROGRAM

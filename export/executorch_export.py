@@ -3,7 +3,8 @@ bundle's one shared `backbone/backbone.ptd`.
 
 Steps (DESIGN.md, ExecuTorch): `torch.export.export` of the model with its loss (loss first among the
 outputs) → `_export_forward_backward` (the joint graph: outputs, gradients, parameters) → every
-`addmm` rewritten into `add(mm)` (the portable `addmm` is a naive loop, 25× slower than `mm`) →
+linear rewritten onto the wheel's fast kernels (`executorch_rewrites`: `linear` reading each weight as
+stored, no permute copies, no portable `addmm`) →
 frozen parameters renamed to the backbone's own names → `to_edge` → `to_executorch` with those
 parameters tagged as external constants. Trainable tensors stay inside the program, where the runtime
 updates them in place.
@@ -23,6 +24,7 @@ from torch import nn
 
 from fedyolo.export.backbone_store import BackboneLayout
 from fedyolo.export.classifier import TaskModel
+from fedyolo.export.executorch_rewrites import PRESERVED_OPS, speed_rewrites
 from fedyolo.export.onnx_export import ExportMismatchError, dummy_inputs, native_logs_quiet
 from fedyolo.runtime.errors import FedyoloError
 from fedyolo.runtime.executorch_files import BACKBONE_DATA_KEY, IGNORE_LABEL
@@ -55,32 +57,6 @@ class ExecutorchArtifacts:
     input_names: tuple[str, ...]
     trainable: dict[str, tuple[int, ...]]  # name -> shape, in PyTorch order
     ops: dict[str, int]  # edge operator -> count in the joint graph (for the README and the benchmark)
-
-
-def rewrite_addmm(graph_module: torch.fx.GraphModule) -> int:
-    """Every `aten.addmm(bias, a, b)` → `aten.add(aten.mm(a, b), bias)`; returns how many.
-
-    Measured (DESIGN.md): ExecuTorch's portable addmm runs at 1.7 GFLOP/s, its mm at 44.
-    """
-    count = 0
-    graph = graph_module.graph
-    for node in list(graph.nodes):
-        if node.op != "call_function" or node.target is not torch.ops.aten.addmm.default:
-            continue
-        bias, a, b = node.args[:3]
-        if node.kwargs.get("beta", 1) != 1 or node.kwargs.get("alpha", 1) != 1:
-            continue  # a scaled addmm is not a linear: leave it to the portable kernel
-        with graph.inserting_before(node):
-            mm = graph.call_function(torch.ops.aten.mm.default, (a, b))
-            mm.meta = dict(node.meta)
-            add = graph.call_function(torch.ops.aten.add.Tensor, (mm, bias))
-            add.meta = dict(node.meta)
-        node.replace_all_uses_with(add)
-        graph.erase_node(node)
-        count += 1
-    graph.lint()
-    graph_module.recompile()
-    return count
 
 
 def _rename_frozen(ep: Any, canonical: dict[str, str]) -> Any:
@@ -128,7 +104,7 @@ def export_program(
 ) -> ExecutorchArtifacts:
     """The joint forward/backward program of `model` for `batch` examples, its frozen backbone tensors
     tagged into the data file `backbone` under the backbone's own parameter names."""
-    from executorch.exir import ExecutorchBackendConfig, to_edge
+    from executorch.exir import EdgeCompileConfig, ExecutorchBackendConfig, to_edge
     from torch.export.experimental import _export_forward_backward
 
     inputs, names, _ = dummy_inputs(model, batch, max_length, image_shape)
@@ -151,7 +127,7 @@ def export_program(
                 f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}; export this kind with "
                 "`fedyolo export onnx` instead"
             ) from e
-        rewritten = rewrite_addmm(joint.graph_module) if rewrite else 0
+        rewritten = speed_rewrites(joint.graph_module) if rewrite else {}
         joint = _rename_frozen(joint, {f"model.{n}": c for n, c in canonical.items()})
         grads = {
             s.target.removeprefix("model.")
@@ -165,7 +141,7 @@ def export_program(
             )
         frozen_keys = set(canonical.values())
 
-        edge = to_edge(joint)
+        edge = to_edge(joint, compile_config=EdgeCompileConfig(preserve_ops=list(PRESERVED_OPS)))
         external = {
             spec.arg.name
             for spec in edge.exported_program().graph_signature.input_specs
@@ -178,7 +154,7 @@ def export_program(
         ops = _op_counts(edge.exported_program().graph_module)
         program = edge.to_executorch(ExecutorchBackendConfig(external_constants=tag))
         data = program._tensor_data.get(BACKBONE_DATA_KEY) if program._tensor_data else None
-    log.info("ExecuTorch program: %d addmm rewritten, %.1f MB", rewritten, len(program.buffer) / 1e6)
+    log.info("ExecuTorch program: rewrites %s, %.1f MB", rewritten, len(program.buffer) / 1e6)
     return ExecutorchArtifacts(
         program=bytes(program.buffer),
         batch=batch,
