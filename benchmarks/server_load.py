@@ -19,6 +19,7 @@ import multiprocessing
 import os
 import platform
 import random
+import shutil
 import sqlite3
 import statistics
 import struct
@@ -145,6 +146,10 @@ def main() -> None:
         "disk's flush bandwidth out of the measurement)",
     )  # fmt: skip
     p.add_argument("--out", type=Path, default=RESULTS)
+    p.add_argument(
+        "--keep", action="store_true",
+        help="keep the bundle and the server state (every upload's blob: ~1 GB a 20 s run); removed by default",
+    )  # fmt: skip
     args = p.parse_args()
 
     global _load_at_start
@@ -270,7 +275,7 @@ def main() -> None:
         "duplicated": duplicated,
         "server_workers": args.workers,
         "load_generator_processes": len(groups),
-        "state_dir": str(work / "state"),
+        "state_dir": str(work / "state") if args.keep else None,
         "server_peak_rss_mb": round(peak_rss / 2**20, 1),
         "server_cpu_cores_busy": round(server_cpu, 2),
         "load_generator_cpu_cores_busy": round(loadgen_cpu, 2),
@@ -288,6 +293,8 @@ def main() -> None:
             **{m: _version(m) for m in ("fastapi", "uvicorn", "starlette", "numpy", "safetensors", "h11", "httptools", "uvloop")},
         },
     }  # fmt: skip
+    if not args.keep:
+        shutil.rmtree(work)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2) + "\n")
     print(json.dumps(result, indent=2))
