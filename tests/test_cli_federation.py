@@ -37,6 +37,19 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+def wait_until_serving(server: subprocess.Popen[str], url: str, timeout_s: float = 60) -> None:
+    """Poll `url`/healthz until it answers 200; fail if the server process exits or `timeout_s` passes."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            if httpx.get(f"{url}/healthz", timeout=1).status_code == 200:
+                return
+        except httpx.TransportError:
+            pass
+        assert server.poll() is None and time.monotonic() < deadline, "the server did not start"
+        time.sleep(0.2)
+
+
 def test_help_lists_the_federation_commands(tmp_path: Path) -> None:
     done = fedyolo("--help", home=tmp_path)
     assert done.returncode == 0, done.stderr
@@ -64,15 +77,7 @@ def test_serve_client_status_over_http(tmp_path: Path) -> None:
         text=True,
     )  # fmt: skip
     try:
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                if httpx.get(f"{url}/healthz", timeout=1).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            assert server.poll() is None and time.monotonic() < deadline, "the server did not start"
-            time.sleep(0.2)
+        wait_until_serving(server, url)
 
         # Execute
         client = fedyolo(

@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import time
@@ -17,12 +16,12 @@ import tomllib
 import zipfile
 from pathlib import Path
 
-import httpx
 import pytest
 from packaging.requirements import Requirement
 
 from fedyolo.cli import main
 from fedyolo.cli.extras import EXTRAS, Extra, missing_extra
+from tests.test_cli_federation import free_port, wait_until_serving
 
 REPO = Path(__file__).resolve().parents[1]
 KEY = "a-test-enrollment-key-0002"
@@ -176,12 +175,6 @@ def base_venv(tmp_path: Path, wheel: Path) -> Path:
     return venv / "bin"
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 @pytest.mark.slow
 def test_a_device_trains_and_joins_a_federation_with_the_base_install_alone(
     bundle_copy: Path, tmp_path: Path
@@ -241,15 +234,7 @@ def test_a_device_trains_and_joins_a_federation_with_the_base_install_alone(
             "fedyolo", "predict", bundle_copy, "--task", "topics", "--module", tmp_path / "module.safetensors",
             "how are you today?",
         )  # fmt: skip
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                if httpx.get(f"{url}/healthz", timeout=1).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            assert server.poll() is None and time.monotonic() < deadline, "the server did not start"
-            time.sleep(0.2)
+        wait_until_serving(server, url)
         client = device(
             "fedyolo", "client", url, "--task", "topics", "--data", train, "--enroll-key", KEY, "--threads", "1",
             "--state-dir", tmp_path / "client",

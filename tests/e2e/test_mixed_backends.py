@@ -6,14 +6,13 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import httpx
 import pytest
 
 from fedyolo.tasks import load_task, write_examples
-from tests.test_cli_federation import KEY, free_port
+from tests.test_cli_federation import KEY, free_port, wait_until_serving
 
 pytest.importorskip("executorch", reason="the 'executorch' extra is not installed (make setup installs it)")
 
@@ -37,15 +36,7 @@ def test_an_ort_and_an_executorch_client_share_one_round(tmp_path: Path) -> None
     )  # fmt: skip
     clients = []
     try:
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                if httpx.get(f"{url}/healthz", timeout=1).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            assert server.poll() is None and time.monotonic() < deadline, "the server did not start"
-            time.sleep(0.2)
+        wait_until_serving(server, url)
 
         # Act
         for i, backend in enumerate(("ort", "executorch")):
