@@ -55,10 +55,9 @@ class RoundSignal:
 class PollReads:
     """The round as the woken long polls re-read it: one database read per change, not one per poll.
 
-    Every accepted update wakes every waiting long poll (up to one per client), and each used to re-read
-    the round on the event loop: 32 clients made ~500 reads a round, the event loop's largest cost in
-    `benchmarks/server_load.py`. A read is reused while `rounds.generation` (bumped by every change this
-    process makes or sees another process make) stays the same.
+    A round that opens wakes every waiting long poll (up to one per client) at once, and each would
+    re-read the round on the event loop. A read is reused while `rounds.generation` (bumped by every
+    change this process makes or sees another process make) stays the same.
     """
 
     def __init__(self, rounds: Rounds) -> None:

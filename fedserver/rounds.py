@@ -115,7 +115,8 @@ class Rounds:
     # -- life cycle ------------------------------------------------------------------------------
 
     def refresh(self, every_s: float = 0.005) -> int:
-        """`generation`, bumped also when another process changed the database (cheap: no table read).
+        """`generation`, bumped also when another process changed the database (cheap: no table read);
+        such a change also calls `listeners`, so the aggregator folds another worker's uploads at once.
 
         Looks at the database at most every `every_s` per thread, however many long polls ask.
         """
