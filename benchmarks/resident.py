@@ -36,13 +36,11 @@ MB = 2**20
 
 def memory_now() -> dict[str, float]:
     """Peak and current RSS, and the current anonymous / file-backed split, in MiB (/proc/self/status)."""
+    from fedyolo.runtime.profiler import status_kb
+
     fields = {"VmHWM": "peak", "VmRSS": "rss", "RssAnon": "anon", "RssFile": "file"}
-    out = {}
-    for line in Path("/proc/self/status").read_text().splitlines():
-        key, _, value = line.partition(":")
-        if key in fields:
-            out[fields[key]] = int(value.split()[0]) / 1024
-    return out
+    now = status_kb()
+    return {name: now.get(field, 0) / 1024 for field, name in fields.items()}
 
 
 def worker(bundle_dir: str, tasks: list[str], shared_arena: bool, steps: int) -> dict[str, Any]:

@@ -42,21 +42,24 @@ class Case:
     floor: bool = True  # count the step's FLOPs (one more profiled step, after the peak is read)
 
 
-def _status_kb(field: str) -> int:
+def status_kb() -> dict[str, int]:
+    """The kB fields of /proc/self/status (VmRSS, VmHWM, RssAnon, RssFile, ...), read at one instant."""
+    fields = {}
     for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith(field + ":"):
-            return int(line.split()[1])
-    return 0
+        key, _, value = line.partition(":")
+        if value.endswith(" kB"):
+            fields[key] = int(value.split()[0])
+    return fields
 
 
 def rss_bytes() -> int:
     """Resident set size now."""
-    return 1024 * _status_kb("VmRSS")
+    return 1024 * status_kb().get("VmRSS", 0)
 
 
 def peak_rss_bytes() -> int:
     """Peak resident set size of this process so far (VmHWM)."""
-    return 1024 * _status_kb("VmHWM")
+    return 1024 * status_kb().get("VmHWM", 0)
 
 
 def mapped_rss_bytes(path: Path) -> int:
