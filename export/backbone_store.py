@@ -9,7 +9,7 @@ copy, so sharing one copy between tasks would do nothing (DESIGN.md, "loaded onc
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -22,6 +22,7 @@ from fedyolo.runtime.manifest import BACKBONE_FILE, TensorSpec
 
 ALIGN = 64  # bytes: every tensor starts on a cache line, so a memory map serves it as is
 TRANSPOSED_SUFFIX = ".T"
+TENSOR_TYPES = {"float32": TensorProto.FLOAT, "int8": TensorProto.INT8}
 
 
 @dataclass(frozen=True)
@@ -60,7 +61,7 @@ def backbone_bytes(arrays: dict[str, np.ndarray]) -> tuple[bytes, tuple[TensorSp
     offset = 0
     for name in sorted(arrays):
         raw = arrays[name].tobytes()
-        specs.append(TensorSpec(name, tuple(arrays[name].shape), "float32", offset, len(raw)))
+        specs.append(TensorSpec(name, tuple(arrays[name].shape), str(arrays[name].dtype), offset, len(raw)))
         pad = (-len(raw)) % ALIGN
         parts.append(raw + b"\0" * pad)
         offset += len(raw) + pad
@@ -101,11 +102,14 @@ def externalize_frozen(
     frozen: Iterable[tuple[str, str, bool]],
     tensors: dict[str, TensorSpec],
     location: str,
+    rewrite: Callable[[onnx.ModelProto], None] | None = None,
 ) -> None:
     """Turn frozen graph inputs into initializers that live in backbone.bin.
 
     frozen: (graph name, stored name, stored transposed). A `Transpose` that only undid our storage
     layout is removed and its readers rewired; any other reader of a transposed tensor gets a Transpose.
+    rewrite: run on the rewired model before the initializers are added (the int8 backbone's kernels);
+    every backbone.bin tensor a node then reads becomes an initializer of its stored dtype.
     """
     model = onnx.load(str(graph_path))
     graph = model.graph
@@ -146,9 +150,13 @@ def externalize_frozen(
         if out.name in rename:  # never expected: a frozen tensor is not a graph output
             raise ValueError(f"graph output {out.name} is a frozen backbone tensor")
 
-    for sname in sorted({s for _, s, _ in frozen}):
+    if rewrite is not None:
+        rewrite(model)
+    read = {name for node in graph.node for name in node.input}
+    own = {i.name for i in graph.input} | {i.name for i in graph.initializer}
+    for sname in sorted((read & tensors.keys()) - own):
         spec = tensors[sname]
-        init = TensorProto(name=sname, data_type=TensorProto.FLOAT, dims=list(spec.shape))
+        init = TensorProto(name=sname, data_type=TENSOR_TYPES[spec.dtype], dims=list(spec.shape))
         init.data_location = TensorProto.EXTERNAL
         for key, value in (
             ("location", location),

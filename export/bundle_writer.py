@@ -32,6 +32,7 @@ from fedyolo.export.backbone_store import (
 )
 from fedyolo.export.backbones import Backbone
 from fedyolo.export.classifier import TaskModel
+from fedyolo.export.int8_backbone import add_ms_domain, rewrite_graph
 from fedyolo.export.onnx_export import OnnxArtifacts
 from fedyolo.export.web_form import WEB_FILES, write_web_form
 from fedyolo.runtime.durable import write_atomic
@@ -78,8 +79,25 @@ def _backbone_spec(backbone: Backbone, layout: BackboneLayout, blob: BackboneBlo
         num_layers=backbone.num_layers,
         file=FileEntry(sha256=blob.sha256, bytes=len(blob.data)),  # the file is these bytes: no second hash
         tensors=blob.tensors,
+        dtype=blob_dtype(blob),
         full_model_bytes=sum(a.nbytes for a in layout.arrays.values()),
     )
+
+
+def blob_dtype(blob: BackboneBlob) -> str:
+    """ "int8" when backbone.bin holds int8 tensors (int8_backbone.py), else "float32"."""
+    return "int8" if any(t.dtype == "int8" for t in blob.tensors) else "float32"
+
+
+def _int8_kernels(tensors: dict[str, TensorSpec]) -> Any:
+    """The graph rewrite that points readers of int8 backbone tensors at int8 kernels."""
+    dtypes = {name: spec.dtype for name, spec in tensors.items()}
+
+    def rewrite(model: onnx.ModelProto) -> None:
+        rewrite_graph(model.graph, dtypes)
+        add_ms_domain(model)
+
+    return rewrite
 
 
 def check_out(out: Path, task_id: str, force: bool = False) -> Manifest | None:
@@ -105,7 +123,7 @@ def check_out(out: Path, task_id: str, force: bool = False) -> Manifest | None:
 def check_stored_backbone(out: Path, existing: Manifest, blob: BackboneBlob) -> None:
     """Refuse to add a task unless `out` stores this export's backbone, intact: the blob's sha256 is the
     manifest's, and backbone.bin holds the blob's bytes (compared, not hashed a second time)."""
-    check_same_backbone(existing, blob.sha256, out)
+    check_same_backbone(existing, blob.sha256, out, blob_dtype(blob))
     backbone = out / BACKBONE_FILE
     if not same_bytes(backbone, blob.data):
         raise BundleError(
@@ -113,9 +131,14 @@ def check_stored_backbone(out: Path, existing: Manifest, blob: BackboneBlob) -> 
         )
 
 
-def check_same_backbone(existing: Manifest, blob_sha: str, out: Path) -> None:
+def check_same_backbone(existing: Manifest, blob_sha: str, out: Path, dtype: str = "float32") -> None:
     """Refuse to add a task over a backbone other than the one `out` stores."""
     if existing.backbone.file.sha256 != blob_sha:
+        if existing.backbone.dtype != dtype:
+            raise BundleError(
+                f"{out} stores its backbone as {existing.backbone.dtype} and this export asks for {dtype}; "
+                f"export with --backbone-dtype {existing.backbone.dtype}, or into a new --out folder"
+            )
         raise BundleError(
             f"{out} already holds another backbone ({existing.backbone.id}, sha256 "
             f"{existing.backbone.file.sha256[:12]}…); export into a new --out folder, or use that backbone"
@@ -147,11 +170,15 @@ def _write_task_files(
         pid = id(params[gname])
         frozen.append((gname, stored_name(layout, pid), pid in layout.transposed))
     location = relative_backbone_location()
+    int8 = any(t.dtype == "int8" for t in tensors.values())
     for graph in (TRAINING_MODEL, EVAL_MODEL):
-        externalize_frozen(task_dir / graph, frozen, tensors, location)
+        externalize_frozen(
+            task_dir / graph, frozen, tensors, location, _int8_kernels(tensors) if int8 else None
+        )
     weights = _trainable_checkpoint(model, artifacts.trainable, task_dir / CHECKPOINT)
     save_file(weights, str(task_dir / MODULE_WEIGHTS))
-    write_web_form(task_dir, weights, list(artifacts.trainable), tensors)  # what a browser trains
+    if not int8:  # the page loads the backbone as one float buffer (web_form.py): fp32 backbones only
+        write_web_form(task_dir, weights, list(artifacts.trainable), tensors)  # what a browser trains
     return weights
 
 
@@ -172,12 +199,13 @@ def write_task(
     tensors = {t.name: t for t in blob.tensors}
     existing = check_out(out, task.task_id, force)  # again: `out` may have changed during the export
     if existing is not None:
-        check_same_backbone(existing, blob.sha256, out)
+        check_same_backbone(existing, blob.sha256, out, blob_dtype(blob))
 
     _write_task_files(artifacts.directory, model, layout, tensors, artifacts)
     files = {
         name: file_entry(artifacts.directory / name)
         for name in (TRAINING_MODEL, EVAL_MODEL, OPTIMIZER_MODEL, CHECKPOINT, MODULE_WEIGHTS, *WEB_FILES)
+        if (artifacts.directory / name).exists()
     }
     params = dict(model.named_parameters())
     spec = TaskSpec(

@@ -105,6 +105,11 @@ def export_executorch(
             show_progress, wire_dtype,
         )  # fmt: skip
     bundle = open_bundle(out, tasks=[task_id])
+    if bundle.manifest.backbone.dtype != "float32":
+        raise BundleError(
+            f"{out} stores its backbone as {bundle.manifest.backbone.dtype}, and the ExecuTorch backend trains "
+            "over a float32 backbone only; export ExecuTorch tasks into a bundle made without --backbone-dtype"
+        )
     spec = bundle.task(task_id)
     if spec.module_kind != module:
         raise BundleError(

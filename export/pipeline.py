@@ -17,6 +17,7 @@ from fedyolo.export.backbone_store import build_blob, plan_layout
 from fedyolo.export.backbones import DEFAULT_BACKBONE, Backbone, load_backbone
 from fedyolo.export.bundle_writer import TaskExport, check_out, check_stored_backbone, write_task
 from fedyolo.export.classifier import TaskModel
+from fedyolo.export.int8_backbone import check_backbone_dtype, quantize_arrays
 from fedyolo.export.modules import get_kind, make_config
 from fedyolo.export.onnx_export import OPTIMIZERS, export_training_artifacts
 from fedyolo.runtime.errors import FedyoloError
@@ -56,12 +57,15 @@ def export_onnx(
     force: bool = False,
     show_progress: bool = True,
     wire_dtype: str = "float32",
+    backbone_dtype: str = "float32",
 ) -> Manifest:
     """Export one task into the bundle at `out` (created, or extended with the backbone reused).
 
     wire_dtype: how module weights travel between clients and server (float32 or float16).
+    backbone_dtype: how the frozen backbone is stored and run: float32, or int8 (int8_backbone.py).
     """
     check_task_id(task_id)
+    check_backbone_dtype(backbone_dtype)
     if wire_dtype not in WIRE_DTYPES:
         raise FedyoloError(f"unknown wire dtype {wire_dtype!r}; choose one of: {', '.join(WIRE_DTYPES)}")
     if len(labels) < 2:
@@ -81,7 +85,8 @@ def export_onnx(
         # The backbone never depends on `seed` (it seeds the module): tasks over a tiny backbone share it.
         bb = load_backbone(backbone)
         layout = plan_layout(bb.model)
-        blob = build_blob(layout.arrays)  # built and hashed once per export: 90 MB for MiniLM
+        arrays = quantize_arrays(layout.arrays) if backbone_dtype == "int8" else layout.arrays
+        blob = build_blob(arrays)  # built and hashed once per export: 90 MB for MiniLM
         if existing is not None:
             check_stored_backbone(out, existing, blob)
         progress.update(step, advance=1, description=f"attaching {module} module")

@@ -1,7 +1,7 @@
 """The compute floor of a step: its matrix-multiply FLOPs ÷ the best fp32 GEMM rate of this machine.
 
 FLOPs are counted from the shapes the step really ran with: ONNX Runtime's profiler records every
-node's input and output shapes, and a step's MatMul / Gemm / FusedMatMul nodes (forward and backward of
+node's input and output shapes, and a step's MatMul / Gemm / FusedMatMul (/ DynamicQuantizeMatMul) nodes (forward and backward of
 the generated training graph) are summed. The GEMM rate is measured with an ORT MatMul session (MLAS,
 the kernels the step runs on), best of many repeats, in the same run as the step it is compared with.
 """
@@ -25,7 +25,9 @@ from fedyolo.runtime.ort_import import load_ort
 from fedyolo.runtime.ort_trainer import SharedBackbone, cpu_device
 from fedyolo.runtime.trainer import Batch
 
-GEMM_OPS = ("MatMul", "Gemm", "FusedMatMul")
+# DynamicQuantizeMatMul: the int8 backbone's GEMMs (export/int8_backbone.py), counted at the same FLOPs
+# against the fp32 rate: an int8 step below 1x the floor is faster than fp32 hardware can be.
+GEMM_OPS = ("MatMul", "Gemm", "FusedMatMul", "DynamicQuantizeMatMul")
 
 
 @dataclass(frozen=True)

@@ -51,7 +51,7 @@ class SharedBackbone:
         self.values: dict[str, Any] = {}
         device = cpu_device()
         for t in bundle.manifest.backbone.tensors:
-            arr = self._map[t.offset : t.offset + t.length].view(np.float32).reshape(t.shape)
+            arr = self._map[t.offset : t.offset + t.length].view(np.dtype(t.dtype)).reshape(t.shape)
             self.arrays[t.name] = arr
             # add_initializer takes the Python OrtValue wrapper, which also keeps `arr` alive.
             self.values[t.name] = OrtValue(self._C.OrtValue.ortvalue_from_numpy(arr, device), arr)

@@ -18,6 +18,7 @@ from rich.markup import escape
 from fedyolo.cli.executorch import export_executorch_cmd
 from fedyolo.cli.export_options import (
     Backbone,
+    BackboneDtype,
     BundleOut,
     Force,
     MaxLength,
@@ -116,14 +117,16 @@ def export_onnx_cmd(
     max_length: MaxLength = 32,
     seed: Seed = 0,
     force: Force = False,
+    backbone_dtype: BackboneDtype = "float32",
 ) -> None:
     """Export backbone + module as ONNX Runtime training artifacts into a bundle (backbone stored once)."""
     from fedyolo.export.pipeline import export_onnx
 
     labels = _task_labels(task, data)
     manifest = export_onnx(
-        out, task, labels, backbone, module, _options(option), optimizer, max_length, seed, force
-    )
+        out, task, labels, backbone, module, _options(option), optimizer, max_length, seed, force,
+        backbone_dtype=backbone_dtype,
+    )  # fmt: skip
     spec = manifest.tasks[task]
     ratio = manifest.backbone.full_model_bytes / max(spec.module_bytes, 1)
     print(
