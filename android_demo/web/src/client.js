@@ -99,6 +99,12 @@ export class WebClient {
     const get = (path) => this.file(need(path), counts);
     const manifest = JSON.parse(new TextDecoder().decode(await get("manifest.json")));
     const task = manifest.tasks[taskId];
+    if ((manifest.backbone.dtype || "float32") !== "float32") {
+      throw new FederationError(
+        "backbone_dtype",
+        `this bundle stores its backbone as ${manifest.backbone.dtype}, which the page cannot train; serve a bundle exported without --backbone-dtype to phones`,
+      );
+    }
     const dir = `tasks/${taskId}/`;
     const files = {
       checkpoint: await get(dir + "web_checkpoint"),
