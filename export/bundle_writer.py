@@ -11,6 +11,7 @@ import dataclasses
 import os
 import shutil
 import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -32,6 +33,7 @@ from fedyolo.export.backbone_store import (
 )
 from fedyolo.export.backbones import Backbone
 from fedyolo.export.classifier import TaskModel
+from fedyolo.export.gelu_grad import decompose_gelu_grad
 from fedyolo.export.int8_backbone import add_ms_domain, rewrite_graph
 from fedyolo.export.onnx_export import OnnxArtifacts
 from fedyolo.export.web_form import WEB_FILES, write_web_form
@@ -89,13 +91,17 @@ def blob_dtype(blob: BackboneBlob) -> str:
     return "int8" if any(t.dtype == "int8" for t in blob.tensors) else "float32"
 
 
-def _int8_kernels(tensors: dict[str, TensorSpec]) -> Any:
-    """The graph rewrite that points readers of int8 backbone tensors at int8 kernels."""
+def _graph_rewrites(tensors: dict[str, TensorSpec]) -> Callable[[onnx.ModelProto], None]:
+    """The speed rewrites every task graph gets: the GELU backward on every core (gelu_grad.py), and,
+    over an int8 backbone, its readers pointed at int8 kernels (int8_backbone.py)."""
     dtypes = {name: spec.dtype for name, spec in tensors.items()}
+    int8 = "int8" in dtypes.values()
 
     def rewrite(model: onnx.ModelProto) -> None:
-        rewrite_graph(model.graph, dtypes)
-        add_ms_domain(model)
+        decompose_gelu_grad(model.graph)
+        if int8:
+            rewrite_graph(model.graph, dtypes)
+            add_ms_domain(model)
 
     return rewrite
 
@@ -172,9 +178,7 @@ def _write_task_files(
     location = relative_backbone_location()
     int8 = any(t.dtype == "int8" for t in tensors.values())
     for graph in (TRAINING_MODEL, EVAL_MODEL):
-        externalize_frozen(
-            task_dir / graph, frozen, tensors, location, _int8_kernels(tensors) if int8 else None
-        )
+        externalize_frozen(task_dir / graph, frozen, tensors, location, _graph_rewrites(tensors))
     weights = _trainable_checkpoint(model, artifacts.trainable, task_dir / CHECKPOINT)
     save_file(weights, str(task_dir / MODULE_WEIGHTS))
     if not int8:  # the page loads the backbone as one float buffer (web_form.py): fp32 backbones only
