@@ -151,6 +151,10 @@ def corrupt_backbone_then_export(tmp: Path, bundle: Path) -> tuple[list[str | Pa
     return [*EXPORT_TINY_BERT, "--task", "language", "--out", bundle], bundle
 
 
+def int8_task_into_fp32_bundle(tmp: Path, bundle: Path) -> tuple[list[str | Path], Path]:
+    return [*EXPORT_TINY_BERT, "--task", "language", "--backbone-dtype", "int8", "--out", bundle], bundle
+
+
 CASES = {
     "unknown module kind": Case(unknown_module, ("'loar'", "choose one of", "lora")),
     "backbone: empty dir": Case(backbone_empty_dir, ("not a model", "config.json", "minilm")),
@@ -170,6 +174,9 @@ CASES = {
     "task already in the bundle": Case(task_already_there, ("'topics' is already in", "--force")),
     "train: --save is a folder": Case(save_into_a_folder, ("results is a folder", "module.safetensors")),
     "corrupt graph, train": Case(corrupt_graph_then_train, (TRAINING_MODEL, "sha256", "re-export")),
+    "int8 task, fp32 bundle": Case(
+        int8_task_into_fp32_bundle, ("float32", "int8", "--backbone-dtype float32")
+    ),
     "corrupt backbone, export": Case(corrupt_backbone_then_export, (BACKBONE_FILE, "sha256", "re-export")),
 }
 
