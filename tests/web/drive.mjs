@@ -93,7 +93,7 @@ async function parity(spec) {
 /** Step times of the page's trainer on pre-encoded batches (benchmarks/web_step.py), and its memory. */
 async function bench(spec) {
   const page = await (await browser.newContext(PHONE)).newPage();
-  await page.goto(`${job.url}/app/?threads=${spec.threads}`);
+  await page.goto(`${job.url}/app/?threads=${spec.threads}${spec.query ?? ""}`);
   return page.evaluate(async ({ spec, key }) => {
     const { WebClient } = await import("./client.js");
     const noop = () => {};
@@ -118,7 +118,7 @@ async function bench(spec) {
     if (globalThis.crossOriginIsolated && performance.measureUserAgentSpecificMemory) {
       memory = { kind: "measureUserAgentSpecificMemory", bytes: (await performance.measureUserAgentSpecificMemory()).bytes };
     } else if (performance.memory) memory = { kind: "performance.memory.usedJSHeapSize", bytes: performance.memory.usedJSHeapSize };
-    return { times_ms: times, losses, download_s, load_s, memory, isolated: globalThis.crossOriginIsolated, threads: spec.threads };
+    return { times_ms: times, losses, download_s, load_s, memory, isolated: globalThis.crossOriginIsolated, threads: spec.threads, query: spec.query ?? "" };
   }, { spec, key: job.key });
 }
 
