@@ -14,9 +14,6 @@ ort.env.wasm.numThreads = Number(query.get("threads")) || (globalThis.crossOrigi
 // Real `topics` batches of 8 hold 9-20 tokens of the 32 they are padded to. `?bucketing=0` pads to the
 // task's length (benchmarks/web_step.py's other arm).
 const bucketing = query.get("bucketing") !== "0";
-// onnxruntime-web turns ORT's CPU arena and memory pattern off unless asked (`!!undefined`); native
-// ORT has both on. `?arena=1` / `?mempattern=1` turn them on (benchmarks/web_step.py's arms).
-const SESSION_OPTIONS = { enableCpuMemArena: query.get("arena") === "1", enableMemPattern: query.get("mempattern") === "1" };
 
 /** `batch` with its trailing all-padding columns dropped (text with an attention mask; else as is). */
 export function trimPadding(batch) {
@@ -62,7 +59,7 @@ export class WebTrainer {
       trainModel: this.files.train,
       evalModel: this.files.eval,
       optimizerModel: this.files.optimizer,
-    }, SESSION_OPTIONS);
+    });
     const total = this.layout.params.reduce((n, p) => n + p.length, 0);
     const buffer = new Uint8Array(total);
     let at = 0;
