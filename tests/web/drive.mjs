@@ -1,6 +1,6 @@
 // Drives phone pages in Debian's chromium with playwright-core (mobile emulation, 360 px wide).
 // Job on stdin: {url, key, chromium, shots, timeout_s, pages: [{examples | demo: true, reload_before_upload?, drop_first_upload?}],
-// parity?: {task, texts, labels, steps, lr}}.
+// parity?: {task, texts, labels, steps, lr}, bench?: [{task, lr, threads, query?, batches, native?: argv}]}.
 // Prints {pages: [window.fedyolo of each page at the end], ...} as JSON.
 import { readFileSync } from "node:fs";
 import { execFileSync, spawn } from "node:child_process";
