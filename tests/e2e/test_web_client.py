@@ -15,6 +15,7 @@ import pytest
 
 from fedyolo.fedserver.config import ServerConfig
 from fedyolo.fedserver.serve import serve_in_thread
+from fedyolo.runtime.bucketing import trim_padding
 from fedyolo.runtime.bundle import Bundle, open_bundle
 from fedyolo.runtime.client import FederationClient, RoundResult
 from fedyolo.runtime.data import Example, TextEncoder
@@ -188,3 +189,22 @@ def test_the_page_and_the_python_runtime_take_the_same_first_steps(
     # Assert
     np.testing.assert_allclose(page["parity"], python, rtol=LOSS_TOLERANCE)
     assert python[-1] < python[0]
+
+
+@needs_browser
+def test_the_page_drops_the_padding_columns_the_python_runtime_drops(tiny_bert_bundle: Path) -> None:
+    # Prepare: batches of 8 built-in texts padded to the task's 32 tokens, and a batch of one full row
+    bundle = open_bundle(tiny_bert_bundle)
+    arrays = encode_examples(bundle, bundle.task("topics"), load_task("topics").train[:160])
+    batches = [{k: v[i : i + 8] for k, v in arrays.items()} for i in range(0, 160, 8)]
+    full = {k: v.copy() for k, v in batches[0].items()}
+    full["attention_mask"][3] = 1
+    batches.append(full)
+    # Execute
+    job = {"batches": [{k: v.tolist() for k, v in b.items()} for b in batches]}
+    page = node(ROOT / "tests" / "web" / "trim.mjs", job, 60)
+    # Assert: the same columns as runtime/bucketing.py, and most batches shorter than 32
+    python = [trim_padding(b) for b in batches]
+    assert [{k: v.tolist() for k, v in b.items()} for b in python] == page
+    lengths = [len(b["input_ids"][0]) for b in page]
+    assert lengths[-1] == 32 and sum(n < 32 for n in lengths) >= len(lengths) // 2, lengths

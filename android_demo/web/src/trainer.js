@@ -4,10 +4,37 @@ import * as ort from "./ort/ort.training.wasm.min.mjs";
 
 ort.env.wasm.wasmPaths = new URL("./ort/", import.meta.url).href;
 ort.env.logLevel = "error"; // not a warning per unused dropout constant
+const query = new URLSearchParams(globalThis.location?.search ?? "");
 // Threads need SharedArrayBuffer, so a cross-origin isolated page (the server sends COOP/COEP);
 // `?threads=N` in the page's address overrides (benchmarks/web_step.py measures 1 and the default).
-const askedThreads = Number(new URLSearchParams(globalThis.location?.search ?? "").get("threads")) || 0;
-ort.env.wasm.numThreads = askedThreads || (globalThis.crossOriginIsolated ? Math.min(4, navigator.hardwareConcurrency || 1) : 1);
+ort.env.wasm.numThreads = Number(query.get("threads")) || (globalThis.crossOriginIsolated ? Math.min(4, navigator.hardwareConcurrency || 1) : 1);
+
+// Length bucketing, as runtime/bucketing.py does natively: the columns that are padding in every row
+// are dropped before a step (same loss: a padded key gets zero attention and pooling skips it).
+// Real `topics` batches of 8 hold 9-20 tokens of the 32 they are padded to. `?bucketing=0` pads to the
+// task's length (benchmarks/web_step.py's other arm).
+const bucketing = query.get("bucketing") !== "0";
+
+/** `batch` with its trailing all-padding columns dropped (text with an attention mask; else as is). */
+export function trimPadding(batch) {
+  const mask = batch.attention_mask;
+  if (!mask || mask.dims?.length !== 2 || mask.dims[1] < 2) return batch;
+  const [rows, cols] = mask.dims;
+  let length = 0;
+  for (let r = 0; r < rows; r++) {
+    for (let c = cols - 1; c >= length; c--) if (mask.data[r * cols + c] !== 0n) { length = c + 1; break; }
+  }
+  length = Math.max(length, 2);
+  if (length >= cols) return batch;
+  const out = { ...batch };
+  for (const [name, t] of Object.entries(batch)) {
+    if (t?.dims?.length !== 2 || t.dims[1] !== cols) continue;
+    const data = new BigInt64Array(rows * length);
+    for (let r = 0; r < rows; r++) data.set(t.data.subarray(r * cols, r * cols + length), r * length);
+    out[name] = { data, dims: [rows, length] };
+  }
+  return out;
+}
 
 // onnxruntime-web has no set-learning-rate: its AdamW runs at ORT's default. Every AdamW term is
 // linear in the rate, so the step is rescaled to the round's rate from the parameters before and after.
@@ -54,6 +81,7 @@ export class WebTrainer {
   setProximal(global, mu) { this.proximal = mu > 0 ? { global: this.flatten(global), mu } : null; }
 
   feeds(batch, names) {
+    if (bucketing) batch = trimPadding(batch);
     const out = {};
     for (const name of names) {
       const b = batch[name] ?? batch.labels.map(() => 0n);
