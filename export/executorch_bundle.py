@@ -93,6 +93,7 @@ def export_executorch(
     rewrite: bool = True,
     show_progress: bool = True,
     wire_dtype: str = "float32",
+    kernels: str = "executorch",
 ) -> Manifest:
     """Add task `task_id`'s ExecuTorch program (batch `batch`) to the bundle at `out`."""
     if batch < 1:
@@ -116,7 +117,7 @@ def export_executorch(
     model, _ = build_task_model(bb, module, spec.labels, dict(spec.module_config) or options, seed)
     _load_module(model, initial_module(bundle, task_id))  # both backends start from the same module
     artifacts = export_program(
-        model, layout, module, batch, spec.input.max_length, bb.image_shape, rewrite=rewrite
+        model, layout, module, batch, spec.input.max_length, bb.image_shape, rewrite=rewrite, kernels=kernels
     )
     return write_program(out, bundle.manifest, task_id, artifacts, bb.id)
 

@@ -14,12 +14,6 @@ import torch
 
 from fedyolo.export.executorch_rewrites import LINEAR, MM, _call
 
-_lib = torch.library.Library("fedyolo", "DEF")  # lives as long as the process
-_lib.define("linear(Tensor input, Tensor weight, Tensor? bias=None) -> Tensor")
-_lib.define("linear.out(Tensor input, Tensor weight, Tensor? bias=None, *, Tensor(a!) out) -> Tensor(a!)")
-_lib.define("mm(Tensor self, Tensor mat2) -> Tensor")
-_lib.define("mm.out(Tensor self, Tensor mat2, *, Tensor(a!) out) -> Tensor(a!)")
-
 
 def _linear(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None = None) -> torch.Tensor:
     return torch.nn.functional.linear(x, w, b)
@@ -39,13 +33,21 @@ def _mm_out(a: torch.Tensor, b: torch.Tensor, *, out: torch.Tensor) -> torch.Ten
     return out.copy_(torch.mm(a, b))
 
 
-for _key in ("CompositeExplicitAutograd",):
-    _lib.impl("linear", _linear, _key)
-    _lib.impl("linear.out", _linear_out, _key)
-    _lib.impl("mm", _mm, _key)
-    _lib.impl("mm.out", _mm_out, _key)
-_lib.impl("linear", _linear, "Meta")
-_lib.impl("mm", _mm, "Meta")
+_lib = torch.library.Library("fedyolo", "DEF")  # type: ignore[no-untyped-call]  # lives with the process
+for _schema, _fn in (
+    ("linear(Tensor input, Tensor weight, Tensor? bias=None) -> Tensor", _linear),
+    (
+        "linear.out(Tensor input, Tensor weight, Tensor? bias=None, *, Tensor(a!) out) -> Tensor(a!)",
+        _linear_out,
+    ),
+    ("mm(Tensor self, Tensor mat2) -> Tensor", _mm),
+    ("mm.out(Tensor self, Tensor mat2, *, Tensor(a!) out) -> Tensor(a!)", _mm_out),
+):
+    _lib.define(_schema)  # type: ignore[no-untyped-call]
+    _name = _schema.split("(")[0]
+    _lib.impl(_name, _fn, "CompositeExplicitAutograd")  # type: ignore[no-untyped-call]
+    if not _name.endswith(".out"):
+        _lib.impl(_name, _fn, "Meta")  # type: ignore[no-untyped-call]
 
 FEDYOLO_LINEAR = torch.ops.fedyolo.linear.default
 FEDYOLO_MM = torch.ops.fedyolo.mm.default

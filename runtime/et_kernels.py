@@ -62,11 +62,15 @@ def load(threads: int = 0) -> Path:
         return _loaded[0]
     path = library_path()
     if not path.is_file():
-        raise FedyoloError(f"this ExecuTorch program needs fedyolo's kernel library, {path} is missing: {BUILD_HINT}")
+        raise FedyoloError(
+            f"this ExecuTorch program needs fedyolo's kernel library, {path} is missing: {BUILD_HINT}"
+        )
     lib = ctypes.CDLL(str(path))
     lib.fedyolo_et_kernels_error.restype = ctypes.c_char_p
     if lib.fedyolo_et_kernels_init(blas_path().encode(), ctypes.c_int(threads)) != 0:
-        raise FedyoloError(f"fedyolo's ExecuTorch kernels failed to load: {lib.fedyolo_et_kernels_error().decode()}")
+        raise FedyoloError(
+            f"fedyolo's ExecuTorch kernels failed to load: {lib.fedyolo_et_kernels_error().decode()}"
+        )
     _loaded.append(path)
     return path
 
@@ -74,7 +78,9 @@ def load(threads: int = 0) -> Path:
 def _executorch_root() -> Path:
     spec = importlib.util.find_spec("executorch")
     if spec is None or not spec.submodule_search_locations:
-        raise FedyoloError("building the kernels needs ExecuTorch: `pip install 'fedyolo[executorch]' -c constraints.txt`")
+        raise FedyoloError(
+            "building the kernels needs ExecuTorch: `pip install 'fedyolo[executorch]' -c constraints.txt`"
+        )
     return Path(next(iter(spec.submodule_search_locations)))
 
 
@@ -109,7 +115,9 @@ def build(out: Path | None = None) -> Path:
     try:
         subprocess.run(command, check=True, capture_output=True, text=True)
     except FileNotFoundError as e:
-        raise FedyoloError(f"building the kernels needs a C++ compiler ({e}): apt install g++, or set CXX") from e
+        raise FedyoloError(
+            f"building the kernels needs a C++ compiler ({e}): apt install g++, or set CXX"
+        ) from e
     except subprocess.CalledProcessError as e:
         raise FedyoloError(f"building the kernels failed: {e.stderr.strip().splitlines()[-1:]}") from e
     return out
