@@ -1,7 +1,11 @@
 // fedyolo's ExecuTorch kernel library: fp32 GEMM-backed `fedyolo::linear.out` and `fedyolo::mm.out`.
 //
 // ExecuTorch's wheel runs its `linear`/`mm` on one core at 22-25 GFLOP/s (benchmarks/README.md,
-// "ExecuTorch beside ORT"); these run a BLAS sgemm on every core. The BLAS is opened at run time
+// "ExecuTorch beside ORT"); these run a BLAS sgemm on every core. The output's columns are cut into
+// tiles that the calling thread and our own workers take in turn (a single-threaded sgemm per tile):
+// when another process holds a core, the free thread takes the tiles the busy one cannot, where a
+// BLAS's own static split waits for its slowest thread (measured: 2-thread OpenBLAS took 0.3-3 s a
+// step under load, its threads spinning on each other). The BLAS is opened at run time
 // (dlopen) from the path the Python loader hands to `fedyolo_et_kernels_init`: numpy's bundled OpenBLAS
 // where numpy is installed, the system's libopenblas elsewhere (Debian/Jetson: apt `libopenblas0`).
 // Kernels are registered into libexecutorch.so's one registry (the one the Python bindings and every
@@ -11,11 +15,19 @@
 
 #include <dlfcn.h>
 
+#include <algorithm>
+#include <atomic>
+#include <condition_variable>
 #include <cstdint>
 #include <cstring>
+#include <functional>
+#include <mutex>
 #include <string>
+#include <thread>
+#include <vector>
 
 #include <executorch/runtime/core/evalue.h>
+#include <executorch/runtime/core/event_tracer_hooks.h>
 #include <executorch/runtime/core/exec_aten/util/tensor_util.h>
 #include <executorch/runtime/kernel/kernel_runtime_context.h>
 #include <executorch/runtime/kernel/operator_registry.h>
@@ -44,19 +56,102 @@ Sgemm32 sgemm32 = nullptr;
 Sgemm64 sgemm64 = nullptr;
 std::string last_error;
 
-// C (m×n, row-major) = A·B (+ C when accumulate); A is m×k (or k×m when trans_a), B k×n (or n×k).
-void gemm(bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k, const float* a, const float* b,
-          float* c, bool accumulate) {
-  const int ta = trans_a ? kTrans : kNoTrans, tb = trans_b ? kTrans : kNoTrans;
-  const int64_t lda = trans_a ? m : k, ldb = trans_b ? k : n;
-  const float beta = accumulate ? 1.0f : 0.0f;
+void sgemm(int ta, int tb, int64_t m, int64_t n, int64_t k, const float* a, int64_t lda,
+           const float* b, int64_t ldb, float beta, float* c, int64_t ldc) {
   if (sgemm64 != nullptr) {
-    sgemm64(kRowMajor, ta, tb, m, n, k, 1.0f, a, lda, b, ldb, beta, c, n);
+    sgemm64(kRowMajor, ta, tb, m, n, k, 1.0f, a, lda, b, ldb, beta, c, ldc);
   } else {
     sgemm32(kRowMajor, ta, tb, static_cast<int32_t>(m), static_cast<int32_t>(n),
             static_cast<int32_t>(k), 1.0f, a, static_cast<int32_t>(lda), b,
-            static_cast<int32_t>(ldb), beta, c, static_cast<int32_t>(n));
+            static_cast<int32_t>(ldb), beta, c, static_cast<int32_t>(ldc));
   }
+}
+
+// The calling thread plus `workers`, taking tiles from one counter until none are left.
+class TilePool {
+ public:
+  void start(int workers) {
+    for (int i = 0; i < workers; ++i) threads_.emplace_back([this] { work(); });
+  }
+  int size() const { return static_cast<int>(threads_.size()) + 1; }
+
+  void run(int tiles, const std::function<void(int)>& fn) {
+    if (threads_.empty() || tiles < 2) {
+      for (int t = 0; t < tiles; ++t) fn(t);
+      return;
+    }
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      fn_ = &fn;
+      tiles_ = tiles;
+      next_.store(0);
+      active_ = static_cast<int>(threads_.size());
+      ++generation_;
+    }
+    wake_.notify_all();
+    take(fn, tiles);
+    std::unique_lock<std::mutex> lock(mu_);
+    done_.wait(lock, [this] { return active_ == 0; });
+  }
+
+ private:
+  void take(const std::function<void(int)>& fn, int tiles) {
+    for (int t = next_.fetch_add(1); t < tiles; t = next_.fetch_add(1)) fn(t);
+  }
+  void work() {
+    single_threaded_blas();
+    uint64_t seen = 0;
+    for (;;) {
+      const std::function<void(int)>* fn;
+      int tiles;
+      {
+        std::unique_lock<std::mutex> lock(mu_);
+        wake_.wait(lock, [&] { return generation_ != seen; });
+        seen = generation_;
+        fn = fn_;
+        tiles = tiles_;
+      }
+      take(*fn, tiles);
+      std::lock_guard<std::mutex> lock(mu_);
+      if (--active_ == 0) done_.notify_one();
+    }
+  }
+
+  std::vector<std::thread> threads_;
+  std::mutex mu_;
+  std::condition_variable wake_, done_;
+  const std::function<void(int)>* fn_ = nullptr;
+  int tiles_ = 0, active_ = 0;
+  uint64_t generation_ = 0;
+  std::atomic<int> next_{0};
+
+ public:
+  static void single_threaded_blas();
+};
+
+using SetThreadsLocal = int (*)(int);
+SetThreadsLocal set_threads_local = nullptr;  // OpenBLAS >= 0.3.27: the calling thread's BLAS threads
+void (*set_threads)(int) = nullptr;           // older: the process's
+TilePool* pool = nullptr;                     // never freed: workers live as long as the process
+
+void TilePool::single_threaded_blas() {
+  if (set_threads_local != nullptr) set_threads_local(1);
+}
+
+constexpr int64_t kTileColumns = 128;  // a tile: all rows, 128 output columns (MiniLM: 3 or 12 tiles)
+
+// C (m×n, row-major) = A·B (+ C when accumulate); A is m×k, B is k×n (or n×k when trans_b).
+void gemm(bool trans_b, int64_t m, int64_t n, int64_t k, const float* a, const float* b, float* c,
+          bool accumulate) {
+  const float beta = accumulate ? 1.0f : 0.0f;
+  const int tiles = static_cast<int>((n + kTileColumns - 1) / kTileColumns);
+  const int previous = set_threads_local != nullptr ? set_threads_local(1) : 0;
+  pool->run(tiles, [&](int t) {
+    const int64_t j = t * kTileColumns, w = std::min(kTileColumns, n - j);
+    const float* bt = trans_b ? b + j * k : b + j;
+    sgemm(kNoTrans, trans_b ? kTrans : kNoTrans, m, w, k, a, k, bt, trans_b ? k : n, beta, c + j, n);
+  });
+  if (set_threads_local != nullptr) set_threads_local(previous);
 }
 
 bool fp32(const Tensor& t) { return t.scalar_type() == ScalarType::Float; }
@@ -97,7 +192,9 @@ void linear_out(KernelRuntimeContext& ctx, Span<EValue*> stack) {
     const float* b = bias.const_data_ptr<float>();
     for (int64_t i = 0; i < m; ++i) std::memcpy(c + i * n, b, sizeof(float) * n);
   }
-  gemm(false, true, m, n, k, x.const_data_ptr<float>(), w.const_data_ptr<float>(), c, has_bias);
+  executorch::runtime::internal::EventTracerProfileOpScope scope(ctx.internal_event_tracer(),
+                                                                  "fedyolo::linear.out");
+  gemm(true, m, n, k, x.const_data_ptr<float>(), w.const_data_ptr<float>(), c, has_bias);
 }
 
 // mm.out(Tensor self, Tensor mat2, *, Tensor(a!) out)
@@ -116,8 +213,10 @@ void mm_out(KernelRuntimeContext& ctx, Span<EValue*> stack) {
     ctx.fail(Error::InvalidArgument);
     return;
   }
-  gemm(false, false, a.size(0), b.size(1), a.size(1), a.const_data_ptr<float>(),
-       b.const_data_ptr<float>(), out.mutable_data_ptr<float>(), false);
+  executorch::runtime::internal::EventTracerProfileOpScope scope(ctx.internal_event_tracer(),
+                                                                  "fedyolo::mm.out");
+  gemm(false, a.size(0), b.size(1), a.size(1), a.const_data_ptr<float>(), b.const_data_ptr<float>(),
+       out.mutable_data_ptr<float>(), false);
 }
 
 const Kernel kKernels[] = {
@@ -129,8 +228,8 @@ const Kernel kKernels[] = {
 
 extern "C" {
 
-// Opens the BLAS at `blas_path`, sets its threads (0: leave its default) and registers the kernels
-// once. Returns 0, or -1 with the reason in fedyolo_et_kernels_error().
+// Opens the BLAS at `blas_path`, starts `threads` - 1 workers (0: one thread per core) and registers
+// the kernels once. Returns 0, or -1 with the reason in fedyolo_et_kernels_error().
 __attribute__((visibility("default"))) int fedyolo_et_kernels_init(const char* blas_path,
                                                                     int threads) {
   static bool registered = false;
@@ -148,15 +247,18 @@ __attribute__((visibility("default"))) int fedyolo_et_kernels_init(const char* b
     last_error = std::string(blas_path) + " has no cblas_sgemm";
     return -1;
   }
-  if (threads > 0) {
+  set_threads_local = reinterpret_cast<SetThreadsLocal>(dlsym(blas, "openblas_set_num_threads_local"));
+  if (set_threads_local == nullptr) {
+    // no per-thread setting: the whole BLAS single-threaded, our tiles give the parallelism
     for (const char* name : {"scipy_openblas_set_num_threads64_", "openblas_set_num_threads64_",
                              "openblas_set_num_threads"}) {
-      if (auto set = reinterpret_cast<void (*)(int)>(dlsym(blas, name))) {
-        set(threads);
-        break;
-      }
+      if (set_threads == nullptr) set_threads = reinterpret_cast<void (*)(int)>(dlsym(blas, name));
     }
+    if (set_threads != nullptr) set_threads(1);
   }
+  const int cores = static_cast<int>(std::thread::hardware_concurrency());
+  pool = new TilePool();
+  pool->start((threads > 0 ? threads : (cores > 0 ? cores : 1)) - 1);
   const Error e = executorch::runtime::register_kernels({kKernels, sizeof(kKernels) / sizeof(Kernel)});
   if (e != Error::Ok) {
     last_error = "ExecuTorch refused the kernels (error " + std::to_string(static_cast<int>(e)) + ")";
