@@ -1,5 +1,5 @@
-"""The `fedyolo::linear` / `fedyolo::mm` operators for ExecuTorch programs, and the rewrite that puts
-them in place of the joint graph's `aten.linear` / `aten.mm`.
+"""The `fedyolo::linear` / `fedyolo::mm` / `fedyolo::permute` operators for ExecuTorch programs, and the
+rewrite that puts them in place of the joint graph's `aten.linear` / `aten.mm` / `aten.permute`.
 
 At export they are ordinary torch operators (`torch.library`, computed by ATen, so the exported graph
 has the same values); in the program they name the out variants that the runtime's kernel library
@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import torch
 
-from fedyolo.export.executorch_rewrites import LINEAR, MM, _call
+from fedyolo.export.executorch_rewrites import LINEAR, MM, PERMUTE
 
 
 def _linear(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None = None) -> torch.Tensor:
@@ -33,6 +33,14 @@ def _mm_out(a: torch.Tensor, b: torch.Tensor, *, out: torch.Tensor) -> torch.Ten
     return out.copy_(torch.mm(a, b))
 
 
+def _permute(x: torch.Tensor, dims: list[int]) -> torch.Tensor:
+    return x.permute(dims).clone(memory_format=torch.contiguous_format)  # a copy, never a view
+
+
+def _permute_out(x: torch.Tensor, dims: list[int], *, out: torch.Tensor) -> torch.Tensor:
+    return out.copy_(x.permute(dims))
+
+
 _lib = torch.library.Library("fedyolo", "DEF")  # type: ignore[no-untyped-call]  # lives with the process
 for _schema, _fn in (
     ("linear(Tensor input, Tensor weight, Tensor? bias=None) -> Tensor", _linear),
@@ -42,6 +50,8 @@ for _schema, _fn in (
     ),
     ("mm(Tensor self, Tensor mat2) -> Tensor", _mm),
     ("mm.out(Tensor self, Tensor mat2, *, Tensor(a!) out) -> Tensor(a!)", _mm_out),
+    ("permute(Tensor self, int[] dims) -> Tensor", _permute),
+    ("permute.out(Tensor self, int[] dims, *, Tensor(a!) out) -> Tensor(a!)", _permute_out),
 ):
     _lib.define(_schema)  # type: ignore[no-untyped-call]
     _name = _schema.split("(")[0]
@@ -51,23 +61,21 @@ for _schema, _fn in (
 
 FEDYOLO_LINEAR = torch.ops.fedyolo.linear.default
 FEDYOLO_MM = torch.ops.fedyolo.mm.default
+FEDYOLO_PERMUTE = torch.ops.fedyolo.permute.default
 
 
 def use_fedyolo_kernels(graph_module: torch.fx.GraphModule) -> dict[str, int]:
-    """Every fp32 `aten.linear` → `fedyolo.linear`, every fp32 `aten.mm` → `fedyolo.mm` (same arguments);
-    returns how many of each."""
-    counts = {"fedyolo.linear": 0, "fedyolo.mm": 0}
+    """Every fp32 `aten.linear` / `aten.mm` → `fedyolo.linear` / `fedyolo.mm`, every `aten.permute` →
+    `fedyolo.permute` (same arguments; a copy, as `to_edge`'s `permute_copy` is); how many of each."""
+    swaps = {LINEAR: FEDYOLO_LINEAR, MM: FEDYOLO_MM, PERMUTE: FEDYOLO_PERMUTE}
+    counts = {str(new.name()): 0 for new in swaps.values()}
     for node in graph_module.graph.nodes:
-        val = node.meta.get("val")
-        if getattr(val, "dtype", None) != torch.float32:
+        new = swaps.get(node.target) if node.op == "call_function" else None
+        fp32 = getattr(node.meta.get("val"), "dtype", None) == torch.float32
+        if new is None or (new is not FEDYOLO_PERMUTE and not fp32):
             continue
-        if _call(node, LINEAR):
-            node.target, key = FEDYOLO_LINEAR, "fedyolo.linear"
-        elif _call(node, MM):
-            node.target, key = FEDYOLO_MM, "fedyolo.mm"
-        else:
-            continue
-        counts[key] += 1
+        node.target = new
+        counts[str(new.name())] += 1
     graph_module.graph.lint()
     graph_module.recompile()
     return counts
