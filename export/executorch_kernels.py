@@ -1,5 +1,5 @@
-"""The `fedyolo::linear` / `fedyolo::mm` / `fedyolo::permute` operators for ExecuTorch programs, and the
-rewrite that puts them in place of the joint graph's `aten.linear` / `aten.mm` / `aten.permute`.
+"""The `fedyolo::linear`, `mm`, `permute`, `erf` and `gelu` operators for ExecuTorch programs, and the
+rewrite that puts them in place of the joint graph's ATen namesakes.
 
 At export they are ordinary torch operators (`torch.library`, computed by ATen, so the exported graph
 has the same values); in the program they name the out variants that the runtime's kernel library
@@ -33,6 +33,22 @@ def _mm_out(a: torch.Tensor, b: torch.Tensor, *, out: torch.Tensor) -> torch.Ten
     return out.copy_(torch.mm(a, b))
 
 
+def _erf(x: torch.Tensor) -> torch.Tensor:
+    return torch.erf(x)
+
+
+def _erf_out(x: torch.Tensor, *, out: torch.Tensor) -> torch.Tensor:
+    return out.copy_(torch.erf(x))
+
+
+def _gelu(x: torch.Tensor) -> torch.Tensor:
+    return torch.nn.functional.gelu(x)
+
+
+def _gelu_out(x: torch.Tensor, *, out: torch.Tensor) -> torch.Tensor:
+    return out.copy_(torch.nn.functional.gelu(x))
+
+
 def _permute(x: torch.Tensor, dims: list[int]) -> torch.Tensor:
     return x.permute(dims).clone(memory_format=torch.contiguous_format)  # a copy, never a view
 
@@ -52,6 +68,10 @@ for _schema, _fn in (
     ("mm.out(Tensor self, Tensor mat2, *, Tensor(a!) out) -> Tensor(a!)", _mm_out),
     ("permute(Tensor self, int[] dims) -> Tensor", _permute),
     ("permute.out(Tensor self, int[] dims, *, Tensor(a!) out) -> Tensor(a!)", _permute_out),
+    ("erf(Tensor self) -> Tensor", _erf),
+    ("erf.out(Tensor self, *, Tensor(a!) out) -> Tensor(a!)", _erf_out),
+    ("gelu(Tensor self) -> Tensor", _gelu),  # the erf GELU (approximate="none") only
+    ("gelu.out(Tensor self, *, Tensor(a!) out) -> Tensor(a!)", _gelu_out),
 ):
     _lib.define(_schema)  # type: ignore[no-untyped-call]
     _name = _schema.split("(")[0]
@@ -62,18 +82,27 @@ for _schema, _fn in (
 FEDYOLO_LINEAR = torch.ops.fedyolo.linear.default
 FEDYOLO_MM = torch.ops.fedyolo.mm.default
 FEDYOLO_PERMUTE = torch.ops.fedyolo.permute.default
+ERF, GELU = torch.ops.aten.erf.default, torch.ops.aten.gelu.default
 
 
 def use_fedyolo_kernels(graph_module: torch.fx.GraphModule) -> dict[str, int]:
-    """Every fp32 `aten.linear` / `aten.mm` → `fedyolo.linear` / `fedyolo.mm`, every `aten.permute` →
-    `fedyolo.permute` (same arguments; a copy, as `to_edge`'s `permute_copy` is); how many of each."""
-    swaps = {LINEAR: FEDYOLO_LINEAR, MM: FEDYOLO_MM, PERMUTE: FEDYOLO_PERMUTE}
+    """Every fp32 `aten.linear` / `aten.mm` / `aten.erf` / erf `aten.gelu` → its `fedyolo` namesake,
+    every `aten.permute` → `fedyolo.permute` (a copy, as `to_edge`'s `permute_copy` is); how many of each."""
+    swaps = {
+        LINEAR: FEDYOLO_LINEAR,
+        MM: FEDYOLO_MM,
+        PERMUTE: FEDYOLO_PERMUTE,
+        ERF: torch.ops.fedyolo.erf.default,
+        GELU: torch.ops.fedyolo.gelu.default,
+    }
     counts = {str(new.name()): 0 for new in swaps.values()}
     for node in graph_module.graph.nodes:
         new = swaps.get(node.target) if node.op == "call_function" else None
         fp32 = getattr(node.meta.get("val"), "dtype", None) == torch.float32
         if new is None or (new is not FEDYOLO_PERMUTE and not fp32):
             continue
+        if node.target is GELU and (len(node.args) > 1 or node.kwargs.get("approximate", "none") != "none"):
+            continue  # the tanh GELU stays ExecuTorch's
         node.target = new
         counts[str(new.name())] += 1
     graph_module.graph.lint()
