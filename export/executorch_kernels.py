@@ -95,7 +95,7 @@ def use_fedyolo_kernels(graph_module: torch.fx.GraphModule) -> dict[str, int]:
         ERF: torch.ops.fedyolo.erf.default,
         GELU: torch.ops.fedyolo.gelu.default,
     }
-    counts = {str(new.name()): 0 for new in swaps.values()}
+    counts = {f"fedyolo.{new.__name__.split('.')[0]}": 0 for new in swaps.values()}
     for node in graph_module.graph.nodes:
         new = swaps.get(node.target) if node.op == "call_function" else None
         fp32 = getattr(node.meta.get("val"), "dtype", None) == torch.float32
@@ -104,7 +104,7 @@ def use_fedyolo_kernels(graph_module: torch.fx.GraphModule) -> dict[str, int]:
         if node.target is GELU and (len(node.args) > 1 or node.kwargs.get("approximate", "none") != "none"):
             continue  # the tanh GELU stays ExecuTorch's
         node.target = new
-        counts[str(new.name())] += 1
+        counts[f"fedyolo.{new.__name__.split('.')[0]}"] += 1
     graph_module.graph.lint()
     graph_module.recompile()
     return counts

@@ -4,6 +4,7 @@ kernels, and a device without the library gets a one-line error that says how to
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import numpy as np
@@ -34,7 +35,20 @@ def bundles(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     return out
 
 
-def test_the_fedyolo_program_calls_the_library_and_the_other_does_not(bundles: dict[str, Path]) -> None:
+def operators(program: Path) -> set[str]:
+    """The operator names in a program's operator table (`ns::name`, stored as plain strings)."""
+    return {m.decode() for m in re.findall(rb"(?:aten|fedyolo)::\w+", program.read_bytes())}
+
+
+def test_the_fedyolo_program_runs_its_gemms_permutes_and_gelu_on_the_library(
+    bundles: dict[str, Path],
+) -> None:
+    ours = operators(bundles["fedyolo"] / "tasks" / "lora" / PROGRAM)
+    theirs = operators(bundles["executorch"] / "tasks" / "lora" / PROGRAM)
+    moved = {"linear", "mm", "permute", "erf", "gelu"}
+    assert {f"fedyolo::{op}" for op in moved} <= ours
+    assert not ours & {"aten::linear", "aten::mm", "aten::permute_copy", "aten::erf", "aten::gelu"}
+    assert not any(op.startswith("fedyolo::") for op in theirs)
     assert et_kernels.program_needs_kernels(bundles["fedyolo"] / "tasks" / "lora" / PROGRAM)
     assert not et_kernels.program_needs_kernels(bundles["executorch"] / "tasks" / "lora" / PROGRAM)
 
