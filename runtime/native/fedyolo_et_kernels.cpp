@@ -139,16 +139,21 @@ void TilePool::single_threaded_blas() {
   if (set_threads_local != nullptr) set_threads_local(1);
 }
 
-constexpr int64_t kTileColumns = 128;  // a tile: all rows, 128 output columns (MiniLM: 3 or 12 tiles)
+// A tile: all rows and ~128 output columns, the count rounded up to a multiple of the threads so
+// that none waits on the last tile of another (MiniLM, 2 threads: N = 384 → 4 tiles of 96).
+constexpr int64_t kTileColumns = 128;
 
 // C (m×n, row-major) = A·B (+ C when accumulate); A is m×k, B is k×n (or n×k when trans_b).
 void gemm(bool trans_b, int64_t m, int64_t n, int64_t k, const float* a, const float* b, float* c,
           bool accumulate) {
   const float beta = accumulate ? 1.0f : 0.0f;
-  const int tiles = static_cast<int>((n + kTileColumns - 1) / kTileColumns);
+  const int64_t threads = pool->size();
+  const int64_t want = ((n + kTileColumns - 1) / kTileColumns + threads - 1) / threads * threads;
+  const int64_t width = std::max<int64_t>(16, ((n + want - 1) / want + 15) / 16 * 16);
+  const int tiles = static_cast<int>((n + width - 1) / width);
   const int previous = set_threads_local != nullptr ? set_threads_local(1) : 0;
   pool->run(tiles, [&](int t) {
-    const int64_t j = t * kTileColumns, w = std::min(kTileColumns, n - j);
+    const int64_t j = t * width, w = std::min(width, n - j);
     const float* bt = trans_b ? b + j * k : b + j;
     sgemm(kNoTrans, trans_b ? kTrans : kNoTrans, m, w, k, a, k, bt, trans_b ? k : n, beta, c + j, n);
   });
