@@ -33,9 +33,16 @@ def library_path() -> Path:
     return Path(os.environ.get("FEDYOLO_ET_KERNELS", LIBRARY))
 
 
-def program_needs_kernels(program: Path) -> bool:
-    """Whether the `.pte` calls the library's operators (its operator table names them)."""
-    return OP_PREFIX in program.read_bytes()
+def program_needs_kernels(program: Path, chunk: int = 1 << 20) -> bool:
+    """Whether the `.pte` calls the library's operators (its operator table names them). Read in chunks:
+    a `full` module's program holds the whole model, and reading it at once would raise peak RSS."""
+    tail = b""
+    with program.open("rb") as f:
+        while block := f.read(chunk):
+            if OP_PREFIX in tail + block:
+                return True
+            tail = block[-len(OP_PREFIX) :]
+    return False
 
 
 def blas_path() -> str:
@@ -57,7 +64,8 @@ def blas_path() -> str:
 
 
 def load(threads: int = 0) -> Path:
-    """Loads and registers the kernels once (`threads` > 0 sets the BLAS's threads); returns the path."""
+    """Loads and registers the kernels once, their GEMMs on `threads` threads (0: the cores this process
+    may run on); returns the library's path."""
     if _loaded:
         return _loaded[0]
     path = library_path()
@@ -67,6 +75,8 @@ def load(threads: int = 0) -> Path:
         )
     lib = ctypes.CDLL(str(path))
     lib.fedyolo_et_kernels_error.restype = ctypes.c_char_p
+    if threads < 1:
+        threads = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
     if lib.fedyolo_et_kernels_init(blas_path().encode(), ctypes.c_int(threads)) != 0:
         raise FedyoloError(
             f"fedyolo's ExecuTorch kernels failed to load: {lib.fedyolo_et_kernels_error().decode()}"
@@ -111,15 +121,22 @@ def build_command(out: Path) -> list[str]:
 def build(out: Path | None = None) -> Path:
     """Compiles the library (to `out`, default beside its source); returns its path."""
     out = out or library_path()
-    command = build_command(out)
+    # to a new file, then renamed over the old: a process that has the old one loaded keeps its copy
+    # (g++ writing in place would change the pages under it)
+    partial = out.with_name(f".{out.name}.{os.getpid()}")
+    command = build_command(partial)
     try:
         subprocess.run(command, check=True, capture_output=True, text=True)
+        partial.replace(out)
     except FileNotFoundError as e:
         raise FedyoloError(
             f"building the kernels needs a C++ compiler ({e}): apt install g++, or set CXX"
         ) from e
     except subprocess.CalledProcessError as e:
-        raise FedyoloError(f"building the kernels failed: {e.stderr.strip().splitlines()[-1:]}") from e
+        last = (e.stderr.strip().splitlines() or ["no output"])[-1]
+        raise FedyoloError(f"building the kernels failed ({' '.join(command)}): {last}") from e
+    finally:
+        partial.unlink(missing_ok=True)
     return out
 
 

@@ -37,8 +37,8 @@ def export_executorch_cmd(
     kernels: Annotated[
         str,
         typer.Option(
-            help="whose kernels run the GEMMs: executorch (loads on any ExecuTorch runtime) or fedyolo "
-            "(a BLAS on every core; the device needs `python -m fedyolo.runtime.et_kernels build`)"
+            help="whose kernels run the GEMMs, permutes and GELU: executorch (loads on any ExecuTorch runtime) "
+            "or fedyolo (faster: a BLAS on every core; the device needs `python -m fedyolo.runtime.et_kernels build`)"
         ),
     ] = "executorch",
 ) -> None:

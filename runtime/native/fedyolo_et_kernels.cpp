@@ -15,6 +15,7 @@
 // Build: `python -m fedyolo.runtime.et_kernels build` (g++ against the executorch wheel's headers).
 
 #include <dlfcn.h>
+#include <unistd.h>
 
 #include <algorithm>
 #include <atomic>
@@ -72,12 +73,13 @@ void sgemm(int ta, int tb, int64_t m, int64_t n, int64_t k, const float* a, int6
 class TilePool {
  public:
   void start(int workers) {
+    owner_ = getpid();
     for (int i = 0; i < workers; ++i) threads_.emplace_back([this] { work(); });
   }
   int size() const { return static_cast<int>(threads_.size()) + 1; }
 
   void run(int tiles, const std::function<void(int)>& fn) {
-    if (threads_.empty() || tiles < 2) {
+    if (threads_.empty() || tiles < 2 || getpid() != owner_) {  // a forked child has no workers
       for (int t = 0; t < tiles; ++t) fn(t);
       return;
     }
@@ -119,6 +121,7 @@ class TilePool {
   }
 
   std::vector<std::thread> threads_;
+  pid_t owner_ = 0;
   std::mutex mu_;
   std::condition_variable wake_, done_;
   const std::function<void(int)>* fn_ = nullptr;

@@ -101,3 +101,12 @@ def test_an_unknown_kernel_set_is_refused(tmp_path: Path) -> None:
     with pytest.raises(FedyoloError, match=r"--kernels 'mkl' is not one of executorch, fedyolo"):
         export_executorch(tmp_path / "b", "t", LABELS, "tiny-bert", "head", max_length=8, batch=2,
                           show_progress=False, kernels="mkl")  # fmt: skip
+
+
+def test_the_library_builds_from_its_source(tmp_path: Path) -> None:
+    import ctypes
+
+    built = et_kernels.build(tmp_path / "libk.so")
+    assert built.stat().st_size > 10_000
+    assert hasattr(ctypes.CDLL(str(built)), "fedyolo_et_kernels_init")  # loads: libexecutorch resolves
+    assert [p.name for p in tmp_path.iterdir()] == ["libk.so"]  # no partial file left behind
