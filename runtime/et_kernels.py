@@ -99,7 +99,14 @@ def build_command(out: Path) -> list[str]:
     root = _executorch_root()
     return [
         os.environ.get("CXX", "g++"),
-        "-O3",  # vectorises the erf/gelu loops
+        "-O3",
+        # with -O3, these let the erf/gelu loop's clamp be min/max instructions, so it vectorises (the
+        # source has no NaN or signed-zero tests; a NaN activation gives a finite erf, NaN still
+        # reaches the loss through gelu's x·(...) and the other ops)
+        "-fno-math-errno",
+        "-ffinite-math-only",
+        "-fno-signed-zeros",
+        "-fno-trapping-math",
         "-std=c++17",
         "-shared",
         "-fPIC",
