@@ -87,6 +87,13 @@ def _rename_frozen(ep: Any, canonical: dict[str, str]) -> Any:
     )
 
 
+def check_kernels(kernels: str) -> None:
+    if kernels not in KERNELS:
+        raise FedyoloError(
+            f"--kernels {kernels!r} is not one of {', '.join(KERNELS)}; e.g. --kernels fedyolo"
+        )
+
+
 def _op_counts(graph_module: torch.fx.GraphModule) -> dict[str, int]:
     counts: dict[str, int] = {}
     for node in graph_module.graph.nodes:
@@ -108,12 +115,9 @@ def export_program(
 ) -> ExecutorchArtifacts:
     """The joint forward/backward program of `model` for `batch` examples, its frozen backbone tensors
     tagged into the data file `backbone` under the backbone's own parameter names. `kernels="fedyolo"`
-    runs its fp32 GEMMs on fedyolo's kernel library (`executorch_kernels`): faster, but the program
-    then loads only where that library is (the runtime's `et_kernels`)."""
-    if kernels not in KERNELS:
-        raise FedyoloError(
-            f"--kernels {kernels!r} is not one of {', '.join(KERNELS)}; e.g. --kernels fedyolo"
-        )
+    runs its GEMMs, permutes and GELU on fedyolo's kernel library (`executorch_kernels`): faster, but
+    the program then loads only where that library is (the runtime's `et_kernels`)."""
+    check_kernels(kernels)
     from executorch.exir import EdgeCompileConfig, ExecutorchBackendConfig, to_edge
     from torch.export.experimental import _export_forward_backward
 

@@ -49,19 +49,9 @@ def export_executorch_cmd(
 
     labels = _task_labels(task, data)
     manifest = export_executorch(
-        out,
-        task,
-        labels,
-        backbone,
-        module,
-        _options(option),
-        optimizer,
-        max_length,
-        batch,
-        seed,
-        force,
+        out, task, labels, backbone, module, _options(option), optimizer, max_length, batch, seed, force,
         kernels=kernels,
-    )
+    )  # fmt: skip
     spec = manifest.tasks[task]
     data_file = manifest.backbone.executorch_data
     print(

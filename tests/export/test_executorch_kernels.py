@@ -101,6 +101,7 @@ def test_an_unknown_kernel_set_is_refused(tmp_path: Path) -> None:
     with pytest.raises(FedyoloError, match=r"--kernels 'mkl' is not one of executorch, fedyolo"):
         export_executorch(tmp_path / "b", "t", LABELS, "tiny-bert", "head", max_length=8, batch=2,
                           show_progress=False, kernels="mkl")  # fmt: skip
+    assert not (tmp_path / "b").exists()  # refused before any export work
 
 
 def test_the_library_builds_from_its_source(tmp_path: Path) -> None:
