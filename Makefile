@@ -8,7 +8,14 @@ FLOWER_VENV ?= .venv-flower
 
 .PHONY: setup setup-flower web web-check demo test lint bench clean
 
-setup: $(VENV)/.installed web-check
+# fedyolo's ExecuTorch kernel library (GEMMs on every core, fast permute/erf/GELU): g++ against the
+# executorch wheel's headers, ~5 s; rebuilt when its source changes (runtime/et_kernels.py)
+ET_KERNELS = runtime/native/libfedyolo_et_kernels.so
+
+setup: $(VENV)/.installed web-check $(ET_KERNELS)
+
+$(ET_KERNELS): runtime/native/fedyolo_et_kernels.cpp runtime/et_kernels.py $(VENV)/.installed
+	$(BIN)/python -m fedyolo.runtime.et_kernels build
 
 # The phone's page (android_demo/web): npm installs the lockfile's exact versions (onnxruntime-web's
 # training build, playwright-core for the tests); the build copies the sources and the one wasm variant

@@ -58,8 +58,12 @@ def main() -> None:
     import torch  # noqa: F401  (loads the libtorch that the bindings link)
     from executorch.extension.pybindings._C import _load_for_executorch, _unsafe_reset_threadpool
 
+    from fedyolo.runtime import et_kernels
+
     if args.threads:
         _unsafe_reset_threadpool(args.threads)
+    if any(et_kernels.program_needs_kernels(Path(p)) for p in args.programs):
+        et_kernels.load(args.threads)  # fedyolo's GEMM kernels, before a program that calls them loads
     feed = inputs()
     if args.etdump:
         program = _load_for_executorch(args.programs[0], data_path=args.data, enable_etdump=True)

@@ -22,7 +22,7 @@ import torch
 from fedyolo.export.backbone_store import plan_layout
 from fedyolo.export.backbones import DEFAULT_BACKBONE, load_backbone
 from fedyolo.export.bundle_writer import _write_manifest
-from fedyolo.export.executorch_export import ExecutorchArtifacts, export_program
+from fedyolo.export.executorch_export import ExecutorchArtifacts, check_kernels, export_program
 from fedyolo.export.pipeline import build_task_model, export_onnx
 from fedyolo.runtime.bundle import initial_module, open_bundle
 from fedyolo.runtime.durable import write_atomic
@@ -93,10 +93,12 @@ def export_executorch(
     rewrite: bool = True,
     show_progress: bool = True,
     wire_dtype: str = "float32",
+    kernels: str = "executorch",
 ) -> Manifest:
     """Add task `task_id`'s ExecuTorch program (batch `batch`) to the bundle at `out`."""
     if batch < 1:
         raise FedyoloError(f"--batch {batch} must be at least 1; e.g. --batch 8")
+    check_kernels(kernels)  # before any export work
     out = Path(out)
     manifest = read_manifest(out) if (out / MANIFEST_NAME).exists() else None
     if manifest is None or task_id not in manifest.tasks or force:
@@ -121,7 +123,7 @@ def export_executorch(
     model, _ = build_task_model(bb, module, spec.labels, dict(spec.module_config) or options, seed)
     _load_module(model, initial_module(bundle, task_id))  # both backends start from the same module
     artifacts = export_program(
-        model, layout, module, batch, spec.input.max_length, bb.image_shape, rewrite=rewrite
+        model, layout, module, batch, spec.input.max_length, bb.image_shape, rewrite=rewrite, kernels=kernels
     )
     return write_program(out, bundle.manifest, task_id, artifacts, bb.id)
 

@@ -30,6 +30,9 @@ from fedyolo.runtime.errors import FedyoloError
 from fedyolo.runtime.executorch_files import BACKBONE_DATA_KEY, IGNORE_LABEL
 
 log = logging.getLogger(__name__)
+# whose kernels run the program's GEMMs: ExecuTorch's own (loads on any ExecuTorch runtime), or fedyolo's
+# kernel library (a BLAS on every core; the runtime must load runtime/native's library first)
+KERNELS = ("executorch", "fedyolo")
 
 
 class WithLoss(nn.Module):
@@ -84,6 +87,13 @@ def _rename_frozen(ep: Any, canonical: dict[str, str]) -> Any:
     )
 
 
+def check_kernels(kernels: str) -> None:
+    if kernels not in KERNELS:
+        raise FedyoloError(
+            f"--kernels {kernels!r} is not one of {', '.join(KERNELS)}; e.g. --kernels fedyolo"
+        )
+
+
 def _op_counts(graph_module: torch.fx.GraphModule) -> dict[str, int]:
     counts: dict[str, int] = {}
     for node in graph_module.graph.nodes:
@@ -101,9 +111,13 @@ def export_program(
     max_length: int,
     image_shape: tuple[int, ...] = (),
     rewrite: bool = True,
+    kernels: str = "executorch",
 ) -> ExecutorchArtifacts:
     """The joint forward/backward program of `model` for `batch` examples, its frozen backbone tensors
-    tagged into the data file `backbone` under the backbone's own parameter names."""
+    tagged into the data file `backbone` under the backbone's own parameter names. `kernels="fedyolo"`
+    runs its GEMMs, permutes and GELU on fedyolo's kernel library (`executorch_kernels`): faster, but
+    the program then loads only where that library is (the runtime's `et_kernels`)."""
+    check_kernels(kernels)
     from executorch.exir import EdgeCompileConfig, ExecutorchBackendConfig, to_edge
     from torch.export.experimental import _export_forward_backward
 
@@ -128,6 +142,10 @@ def export_program(
                 "`fedyolo export onnx` instead"
             ) from e
         rewritten = speed_rewrites(joint.graph_module) if rewrite else {}
+        if kernels == "fedyolo":
+            from fedyolo.export.executorch_kernels import use_fedyolo_kernels
+
+            rewritten.update(use_fedyolo_kernels(joint.graph_module))
         joint = _rename_frozen(joint, {f"model.{n}": c for n, c in canonical.items()})
         grads = {
             s.target.removeprefix("model.")

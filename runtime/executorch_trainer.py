@@ -18,6 +18,7 @@ from typing import Any
 
 import numpy as np
 
+from fedyolo.runtime import et_kernels
 from fedyolo.runtime.bundle import Bundle
 from fedyolo.runtime.errors import BundleError, FedyoloError
 from fedyolo.runtime.executorch_files import BACKBONE_DATA_FILE, IGNORE_LABEL, PROGRAM
@@ -78,6 +79,8 @@ class ExecutorchTrainer:
         load, self._torch = load_executorch()  # first: without it, exporting a program would not help
         self.task: TaskSpec = check_program(bundle, task_id)
         data = bundle.root / BACKBONE_DATA_FILE
+        if et_kernels.program_needs_kernels(bundle.task_file(task_id, PROGRAM)):
+            et_kernels.load(threads)  # registers fedyolo's GEMM kernels before the program looks them up
         try:
             program = load(
                 str(bundle.task_file(task_id, PROGRAM)), data_path=str(data) if data.is_file() else None

@@ -34,6 +34,13 @@ def export_executorch_cmd(
     ] = 8,
     seed: Seed = 0,
     force: Force = False,
+    kernels: Annotated[
+        str,
+        typer.Option(
+            help="whose kernels run the GEMMs, permutes and GELU: executorch (loads on any ExecuTorch runtime) "
+            "or fedyolo (faster: a BLAS on every core; the device needs `python -m fedyolo.runtime.et_kernels build`)"
+        ),
+    ] = "executorch",
 ) -> None:
     """Export backbone + module as an ExecuTorch training program (and the ONNX artifacts, if the task is
     new) into a bundle; the frozen backbone's tensors go to one shared backbone.ptd."""
@@ -42,8 +49,9 @@ def export_executorch_cmd(
 
     labels = _task_labels(task, data)
     manifest = export_executorch(
-        out, task, labels, backbone, module, _options(option), optimizer, max_length, batch, seed, force
-    )
+        out, task, labels, backbone, module, _options(option), optimizer, max_length, batch, seed, force,
+        kernels=kernels,
+    )  # fmt: skip
     spec = manifest.tasks[task]
     data_file = manifest.backbone.executorch_data
     print(

@@ -1,0 +1,129 @@
+"""The ExecuTorch step against ORT's, step by step in turn: one worker process per backend, each holding
+its trainer, the parent asking each for one step in turn, so that a loaded host slows all of them alike
+(`step.py` runs the backends one after the other: on a shared host their contention differs by 2×).
+
+    python benchmarks/executorch_vs_ort.py BUNDLE [--steps 20] [--out benchmarks/results/executorch_vs_ort.json]
+
+BUNDLE holds task `topics` (lora) with its ExecuTorch program (`step.py` adds one). Arms: ORT as the
+runtime runs it (length bucketing on), ORT padded to 32 tokens (what the ExecuTorch program computes),
+ExecuTorch. Same batches (step.py's), same AdamW; each worker in its own interpreter, so peak RSS and
+"torch loaded" are that backend's alone.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from step import WARMUP, batches, peak_rss_mb, timings, versions
+
+ARMS = {"ort": ["ort", "bucketed"], "ort_padded": ["ort", "padded"], "executorch": ["executorch", "padded"]}
+
+
+def worker(bundle: str, backend: str, bucketing: bool, steps: int) -> None:
+    """Answers each line `i` on stdin with `seconds loss` of one step on batch i."""
+    from fedyolo.runtime import ort_trainer
+    from fedyolo.runtime.backends import make_trainer
+    from fedyolo.runtime.bundle import open_bundle
+
+    if not bucketing:
+        ort_trainer.trim_padding = lambda batch: batch
+    data = batches(bundle, "topics", steps)
+    trainer = make_trainer(open_bundle(bundle, tasks=["topics"]), "topics", backend, lr=1e-3)
+    print("ready", flush=True)
+    for line in sys.stdin:
+        if line.strip() == "done":
+            break
+        t = time.perf_counter()
+        loss = trainer.step(data[int(line)])
+        print(f"{time.perf_counter() - t} {loss}", flush=True)
+    print(json.dumps({"peak_rss_mb": peak_rss_mb(), "torch_loaded": "torch" in sys.modules}), flush=True)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("bundle")
+    parser.add_argument("--steps", type=int, default=20)
+    parser.add_argument("--out", default="benchmarks/results/executorch_vs_ort.json")
+    parser.add_argument("--worker", nargs=2, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.worker:
+        worker(args.bundle, args.worker[0], args.worker[1] == "bucketed", args.steps)
+        return
+    procs = {
+        name: subprocess.Popen(
+            [sys.executable, __file__, args.bundle, "--steps", str(args.steps), "--worker", *arm],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        for name, arm in ARMS.items()
+    }
+
+    def ask(p: subprocess.Popen[str], line: str) -> str:
+        assert p.stdin is not None and p.stdout is not None
+        p.stdin.write(line + "\n")
+        p.stdin.flush()
+        return p.stdout.readline().strip()
+
+    for name, p in procs.items():
+        assert p.stdout is not None
+        while (line := p.stdout.readline().strip()) != "ready":
+            if not line and p.poll() is not None:
+                raise RuntimeError(f"worker {name} failed")
+    times: dict[str, list[float]] = {n: [] for n in procs}
+    losses: dict[str, list[float]] = {n: [] for n in procs}
+    for i in range(WARMUP + args.steps):
+        for name, p in procs.items():
+            seconds, loss = ask(p, str(i)).split()
+            losses[name].append(float(loss))
+            if i >= WARMUP:
+                times[name].append(float(seconds))
+    arms: dict[str, Any] = {}
+    for name, p in procs.items():
+        tail = json.loads(ask(p, "done"))
+        p.wait()
+        arms[name] = {
+            **timings(times[name]),
+            **tail,
+            "first_loss": losses[name][0],
+            "last_loss": losses[name][-1],
+        }
+    et = arms["executorch"]
+    result = {
+        "command": " ".join([Path(sys.executable).name, *sys.argv]),
+        "machine": {
+            "cpu": platform.processor() or platform.machine(),
+            "cores": os.cpu_count(),
+            "load_average_at_end": list(os.getloadavg()),
+        },
+        "versions": versions(),
+        "arms": arms,
+        "ratios": {
+            "executorch_over_ort_step": et["median_ms"] / arms["ort"]["median_ms"],
+            "executorch_over_ort_padded_step": et["median_ms"] / arms["ort_padded"]["median_ms"],
+            "executorch_over_ort_peak_rss": et["peak_rss_mb"] / arms["ort"]["peak_rss_mb"],
+            # per step, then the median: each pair ran back to back
+            "median_of_paired_executorch_over_ort": float(np.median(np.array(times["executorch"]) / np.array(times["ort"]))),
+        },
+    }  # fmt: skip
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(json.dumps(result, indent=2))
+    for name, a in arms.items():
+        print(f"{name:11s} median {a['median_ms']:.1f} ms  p95 {a['p95_ms']:.1f}  peak RSS {a['peak_rss_mb']:.0f} MB  "
+              f"loss {a['first_loss']:.5f} -> {a['last_loss']:.5f}")  # fmt: skip
+    r = result["ratios"]
+    print(f"ExecuTorch / ORT {r['executorch_over_ort_step']:.2f} (paired median {r['median_of_paired_executorch_over_ort']:.2f}), "
+          f"/ ORT padded {r['executorch_over_ort_padded_step']:.2f}; RSS {r['executorch_over_ort_peak_rss']:.2f}; results in {args.out}")  # fmt: skip
+
+
+if __name__ == "__main__":
+    main()
