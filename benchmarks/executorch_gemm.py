@@ -12,8 +12,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import sys
 import tempfile
 import time
@@ -21,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from machine import machine
 
 M = 256
 SHAPES = [(384, 384), (384, 1536), (1536, 384)]  # (in, out) of MiniLM's linears
@@ -139,11 +138,7 @@ def main() -> None:
 
     result = {
         "command": " ".join([Path(sys.executable).name, *sys.argv]),
-        "machine": {
-            "cpu": platform.processor() or platform.machine(),
-            "cores": os.cpu_count(),
-            "load_average_at_end": list(os.getloadavg()),
-        },
+        "machine": machine(),
         "versions": {p: version(p) for p in ("executorch", "torch", "onnxruntime-training", "numpy")},
         "threads": args.threads,
         "blas": et_kernels.blas_path(),

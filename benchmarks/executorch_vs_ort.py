@@ -14,8 +14,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import subprocess
 import sys
 import time
@@ -23,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from machine import machine
 from step import WARMUP, batches, peak_rss_mb, timings, versions
 
 ARMS = {"ort": ["ort", "bucketed"], "ort_padded": ["ort", "padded"], "executorch": ["executorch", "padded"]}
@@ -100,11 +99,7 @@ def main() -> None:
     et = arms["executorch"]
     result = {
         "command": " ".join([Path(sys.executable).name, *sys.argv]),
-        "machine": {
-            "cpu": platform.processor() or platform.machine(),
-            "cores": os.cpu_count(),
-            "load_average_at_end": list(os.getloadavg()),
-        },
+        "machine": machine(),
         "versions": versions(),
         "arms": arms,
         "ratios": {

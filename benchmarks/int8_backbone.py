@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import re
 import statistics
 import subprocess
@@ -28,6 +27,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import step  # the workers, FLOP estimate and sgemm probe are step.py's
+from machine import machine
 
 RESULTS = Path(__file__).parent / "results" / "int8_backbone.json"
 ARMS = {
@@ -107,12 +107,7 @@ def main() -> None:
     int8, fp32 = arms["ort_int8"]["median_ms"], arms["ort_fp32"]["median_ms"]
     result = {
         "command": " ".join([Path(sys.executable).name, *sys.argv]),
-        "machine": {
-            "cpu": platform.processor() or platform.machine(),
-            "cores": os.cpu_count(),
-            "load_average_at_start": load_start,
-            "load_average_at_end": load_end,
-        },
+        "machine": machine(load_start, load_average_after_timing=load_end),
         "versions": step.versions(),
         "case": {
             "backbone": m32.backbone.id,

@@ -34,6 +34,7 @@ from typing import Any
 
 import numpy as np
 import psutil
+from machine import cpu_name
 
 import fedyolo
 from fedyolo.fedserver.store import DB_NAME
@@ -280,7 +281,7 @@ def main() -> None:
         "server_cpu_cores_busy": round(server_cpu, 2),
         "load_generator_cpu_cores_busy": round(loadgen_cpu, 2),
         "machine": {
-            "cpu": _cpu_name(),
+            "cpu": cpu_name(),
             "logical_cores": os.cpu_count(),
             "platform": platform.platform(),
             "note": "server and load generator share these cores",
@@ -311,16 +312,6 @@ def _version(module: str) -> str | None:
         return version(module)
     except PackageNotFoundError:
         return None
-
-
-def _cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor()
 
 
 if __name__ == "__main__":

@@ -35,7 +35,7 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 sys.path.insert(0, str(Path(__file__).parent))
-from server_load import _cpu_name
+from machine import machine
 from step import batches, versions
 
 from fedyolo.export.web_form import WEB_CHECKPOINT, WEB_PARAMS, WEB_TRAINING_MODEL
@@ -343,14 +343,11 @@ def main() -> None:
     covered = {k: sum(r[k] for r in rows) for k in ("in_step_native_ms", "native_ms", "wasm_ms")}
     result = {
         "command": " ".join([Path(sys.executable).name, *sys.argv]),
-        "machine": {
-            "cpu": _cpu_name(),
-            "cores": os.cpu_count(),
-            "load_average_at_start": load_before,
-            "load_average_at_end": list(os.getloadavg()),
-            "node": subprocess.run(["node", "--version"], capture_output=True, text=True).stdout.strip(),
-            "browser": wasm["userAgent"],
-        },
+        "machine": machine(
+            load_before,
+            node=subprocess.run(["node", "--version"], capture_output=True, text=True).stdout.strip(),
+            browser=wasm["userAgent"],
+        ),
         "versions": {**versions(), "onnxruntime-web": "1.19.2"},
         "case": {"batch": int(batch["input_ids"].shape[0]), "seq": int(batch["input_ids"].shape[1]), "threads": 1},
         "native_step_ms": {"browser_form": web["step_ms"], "bundle_form": own["step_ms"]},

@@ -27,7 +27,7 @@ from typing import Any
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).parent))
-from server_load import _cpu_name
+from machine import machine
 from step import WARMUP, batches, peak_rss_mb, timings, versions
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -177,16 +177,11 @@ def main() -> None:
     arms = {name: arm_figures(r) for name, r in runs.items()}
     result = {
         "command": " ".join([Path(sys.executable).name, *sys.argv]),
-        "machine": {
-            "cpu": _cpu_name(),
-            "cores": os.cpu_count(),
-            "load_average_at_start": load_before,
-            "load_average_at_end": list(os.getloadavg()),
-            "chromium": subprocess.run(
-                ["chromium", "--version"], capture_output=True, text=True
-            ).stdout.strip(),
-            "node": subprocess.run(["node", "--version"], capture_output=True, text=True).stdout.strip(),
-        },
+        "machine": machine(
+            load_before,
+            chromium=subprocess.run(["chromium", "--version"], capture_output=True, text=True).stdout.strip(),
+            node=subprocess.run(["node", "--version"], capture_output=True, text=True).stdout.strip(),
+        ),
         "versions": {**versions(), "onnxruntime-web": "1.19.2"},
         "case": {"backbone": "MiniLM-L6 (default)", "module": "lora r=8 q,v + head", "batch": 8, "seq": 32},
         "rounds": args.rounds,

@@ -1,0 +1,32 @@
+"""What every benchmark result records about the machine it ran on: the CPU, its cores, the load.
+
+Figures from different machines (or one machine under different load) are not comparable; each result
+carries these so that a reader can tell.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+from pathlib import Path
+from typing import Any
+
+
+def cpu_name() -> str:
+    """The CPU's model name from /proc/cpuinfo (e.g. "AMD EPYC 7B13"), else what `platform` knows."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def machine(load_at_start: list[float] | None = None, **extra: Any) -> dict[str, Any]:
+    """The result's "machine" entry: CPU, cores, load average at the start (if given) and now, `extra`."""
+    entry: dict[str, Any] = {"cpu": cpu_name(), "cores": os.cpu_count()}
+    if load_at_start is not None:
+        entry["load_average_at_start"] = load_at_start
+    entry["load_average_at_end"] = list(os.getloadavg())
+    return {**entry, **extra}
