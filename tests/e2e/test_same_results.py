@@ -20,9 +20,12 @@ from fedyolo.tasks.shares import share_task
 
 SHARES_SHA256 = "6de8fba55ded170d8d38efed59743e1c9d7c9f1886b3a75d205f6526ef2f984a"
 INITIAL_MODULE_SHA256 = "6273b3533dbb1a1fe88c109b6fd3e962fac94840319de058c61b334234bf5b2a"
-ROUNDS = [  # (train loss, held-out accuracy, held-out loss) per round, as `fedyolo simulate` saved them
-    (3.034240798344688, 0.02, 3.0171226501464843),
-    (2.7787635704827687, 0.12, 2.806908588409424),
+# (train loss, held-out accuracy, held-out loss) per round, as `fedyolo simulate` saved them. The train
+# losses moved in the 8th digit (3.034240798 -> 3.034240823) when the GELU backward became stock ops
+# (export/gelu_grad.py: other float rounding); held-out figures did not move.
+ROUNDS = [
+    (3.03424082294343, 0.02, 3.0171226501464843),
+    (2.7787635818360346, 0.12, 2.806908588409424),
 ]
 
 
