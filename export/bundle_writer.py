@@ -11,7 +11,7 @@ import dataclasses
 import os
 import shutil
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -81,21 +81,21 @@ def _backbone_spec(backbone: Backbone, layout: BackboneLayout, blob: BackboneBlo
         num_layers=backbone.num_layers,
         file=FileEntry(sha256=blob.sha256, bytes=len(blob.data)),  # the file is these bytes: no second hash
         tensors=blob.tensors,
-        dtype=blob_dtype(blob),
+        dtype=backbone_dtype(blob.tensors),
         full_model_bytes=sum(a.nbytes for a in layout.arrays.values()),
     )
 
 
-def blob_dtype(blob: BackboneBlob) -> str:
+def backbone_dtype(tensors: Iterable[TensorSpec]) -> str:
     """ "int8" when backbone.bin holds int8 tensors (int8_backbone.py), else "float32"."""
-    return "int8" if any(t.dtype == "int8" for t in blob.tensors) else "float32"
+    return "int8" if any(t.dtype == "int8" for t in tensors) else "float32"
 
 
 def _graph_rewrites(tensors: dict[str, TensorSpec]) -> Callable[[onnx.ModelProto], None]:
     """The speed rewrites every task graph gets: the GELU backward on every core (gelu_grad.py), and,
     over an int8 backbone, its readers pointed at int8 kernels (int8_backbone.py)."""
     dtypes = {name: spec.dtype for name, spec in tensors.items()}
-    int8 = "int8" in dtypes.values()
+    int8 = backbone_dtype(tensors.values()) == "int8"
 
     def rewrite(model: onnx.ModelProto) -> None:
         decompose_gelu_grad(model.graph)
@@ -129,7 +129,7 @@ def check_out(out: Path, task_id: str, force: bool = False) -> Manifest | None:
 def check_stored_backbone(out: Path, existing: Manifest, blob: BackboneBlob) -> None:
     """Refuse to add a task unless `out` stores this export's backbone, intact: the blob's sha256 is the
     manifest's, and backbone.bin holds the blob's bytes (compared, not hashed a second time)."""
-    check_same_backbone(existing, blob.sha256, out, blob_dtype(blob))
+    check_same_backbone(existing, blob, out)
     backbone = out / BACKBONE_FILE
     if not same_bytes(backbone, blob.data):
         raise BundleError(
@@ -137,9 +137,10 @@ def check_stored_backbone(out: Path, existing: Manifest, blob: BackboneBlob) -> 
         )
 
 
-def check_same_backbone(existing: Manifest, blob_sha: str, out: Path, dtype: str = "float32") -> None:
+def check_same_backbone(existing: Manifest, blob: BackboneBlob, out: Path) -> None:
     """Refuse to add a task over a backbone other than the one `out` stores."""
-    if existing.backbone.file.sha256 != blob_sha:
+    if existing.backbone.file.sha256 != blob.sha256:
+        dtype = backbone_dtype(blob.tensors)
         if existing.backbone.dtype != dtype:
             raise BundleError(
                 f"{out} stores its backbone as {existing.backbone.dtype} and this export asks for {dtype}; "
@@ -176,12 +177,12 @@ def _write_task_files(
         pid = id(params[gname])
         frozen.append((gname, stored_name(layout, pid), pid in layout.transposed))
     location = relative_backbone_location()
-    int8 = any(t.dtype == "int8" for t in tensors.values())
     for graph in (TRAINING_MODEL, EVAL_MODEL):
         externalize_frozen(task_dir / graph, frozen, tensors, location, _graph_rewrites(tensors))
     weights = _trainable_checkpoint(model, artifacts.trainable, task_dir / CHECKPOINT)
     save_file(weights, str(task_dir / MODULE_WEIGHTS))
-    if not int8:  # the page loads the backbone as one float buffer (web_form.py): fp32 backbones only
+    # the page loads the backbone as one float buffer (web_form.py): a browser form for fp32 backbones only
+    if backbone_dtype(tensors.values()) == "float32":
         write_web_form(task_dir, weights, list(artifacts.trainable), tensors)  # what a browser trains
     return weights
 
@@ -203,7 +204,7 @@ def write_task(
     tensors = {t.name: t for t in blob.tensors}
     existing = check_out(out, task.task_id, force)  # again: `out` may have changed during the export
     if existing is not None:
-        check_same_backbone(existing, blob.sha256, out, blob_dtype(blob))
+        check_same_backbone(existing, blob, out)
 
     _write_task_files(artifacts.directory, model, layout, tensors, artifacts)
     files = {

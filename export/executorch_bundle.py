@@ -101,17 +101,17 @@ def export_executorch(
     check_kernels(kernels)  # before any export work
     out = Path(out)
     manifest = read_manifest(out) if (out / MANIFEST_NAME).exists() else None
+    if manifest is not None and manifest.backbone.dtype != "float32":  # before export_onnx adds a task
+        raise BundleError(
+            f"{out} stores its backbone as {manifest.backbone.dtype}, and the ExecuTorch backend trains "
+            "over a float32 backbone only; export ExecuTorch tasks into a bundle made without --backbone-dtype"
+        )
     if manifest is None or task_id not in manifest.tasks or force:
         export_onnx(
             out, task_id, labels, backbone, module, options, optimizer, max_length, seed, force,
             show_progress, wire_dtype,
         )  # fmt: skip
     bundle = open_bundle(out, tasks=[task_id])
-    if bundle.manifest.backbone.dtype != "float32":
-        raise BundleError(
-            f"{out} stores its backbone as {bundle.manifest.backbone.dtype}, and the ExecuTorch backend trains "
-            "over a float32 backbone only; export ExecuTorch tasks into a bundle made without --backbone-dtype"
-        )
     spec = bundle.task(task_id)
     if spec.module_kind != module:
         raise BundleError(

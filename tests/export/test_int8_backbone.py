@@ -96,3 +96,16 @@ def test_an_unknown_backbone_dtype_is_refused_before_any_work(tmp_path: Path) ->
             tmp_path / "b", "t", LABELS, backbone="tiny-bert", backbone_dtype="int4", show_progress=False
         )
     assert not (tmp_path / "b").exists()
+
+
+def test_executorch_refuses_an_int8_bundle_before_adding_any_task(tmp_path: Path) -> None:
+    from fedyolo.export.executorch_bundle import export_executorch
+
+    # Prepare
+    export_onnx(tmp_path / "b", "t", LABELS, backbone="tiny-bert", backbone_dtype="int8", show_progress=False)
+    before = (tmp_path / "b" / "manifest.json").read_bytes()
+
+    # Execute / Assert: a new task is refused for the ExecuTorch reason, not an ONNX export's dtype clash
+    with pytest.raises(BundleError, match="ExecuTorch backend trains over a float32 backbone only"):
+        export_executorch(tmp_path / "b", "u", LABELS, backbone="tiny-bert", show_progress=False)
+    assert (tmp_path / "b" / "manifest.json").read_bytes() == before
