@@ -161,7 +161,12 @@ def write_program(
         backbone=backbone,
         tasks={
             **manifest.tasks,
-            task_id: dataclasses.replace(spec, files=files, executorch_batch=artifacts.batch),
+            task_id: dataclasses.replace(
+                spec,
+                files=files,
+                executorch_batch=artifacts.batch,
+                executorch_min_length=artifacts.min_length,
+            ),
         },
     )
     _write_manifest(out, new)

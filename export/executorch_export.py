@@ -10,7 +10,11 @@ parameters tagged as external constants. Trainable tensors stay inside the progr
 updates them in place.
 
 The batch is fixed at export (`batch`): ExecuTorch plans its memory for one shape. The runtime pads a
-smaller batch with rows labelled -100, which the loss ignores, and cuts a larger one into pieces.
+smaller batch with rows labelled -100, which the loss ignores, and cuts a larger one into pieces. The
+sequence length of text is dynamic up to the task's `max_length` (memory planned for the longest), so
+the runtime runs a batch at the length of its longest text, as the ONNX path does (`bucketing`); the
+shortest length a program takes is what torch.export proves the model allows (a prompt module needs
+more than two tokens), recorded in the manifest.
 """
 
 from __future__ import annotations
@@ -60,6 +64,7 @@ class ExecutorchArtifacts:
     input_names: tuple[str, ...]
     trainable: dict[str, tuple[int, ...]]  # name -> shape, in PyTorch order
     ops: dict[str, int]  # edge operator -> count in the joint graph (for the README and the benchmark)
+    min_length: int = 0  # the shortest text the program takes; 0: its lengths are fixed (images, or static)
 
 
 def _rename_frozen(ep: Any, canonical: dict[str, str]) -> Any:
@@ -103,6 +108,35 @@ def _op_counts(graph_module: torch.fx.GraphModule) -> dict[str, int]:
     return dict(sorted(counts.items(), key=lambda kv: -kv[1]))
 
 
+def _dynamic_length(args: tuple[torch.Tensor, ...], max_length: int) -> tuple[Any, ...] | None:
+    """torch.export's `dynamic_shapes` for `WithLoss(*args)`: the sequence axis of every text input
+    may run from 2 (1 would specialise) to `max_length`; torch narrows the range if the model needs."""
+    from torch.export import Dim
+
+    if max_length <= 2 or not any(a.ndim == 2 and a.shape[1] == max_length for a in args[:-1]):
+        return None
+    seq = Dim.AUTO(min=2, max=max_length)
+    features = ({1: seq} if a.ndim == 2 and a.shape[1] == max_length else None for a in args[:-1])
+    return ((*features, None),)  # one entry: WithLoss takes its inputs as *args
+
+
+def _min_length(ep: Any, max_length: int) -> int:
+    """The shortest sequence the exported program takes (0 when its length is fixed), from the range
+    torch.export derived for the first input's sequence axis."""
+    first = next(
+        n for n in ep.graph.nodes if n.op == "placeholder" and n.name in ep.graph_signature.user_inputs
+    )
+    size = first.meta["val"].shape[1] if first.meta["val"].ndim == 2 else max_length
+    if isinstance(size, int):
+        return 0
+    bounds = ep.range_constraints[size.node.expr]
+    if int(bounds.upper) < max_length:
+        raise ExportMismatchError(
+            f"the ExecuTorch program takes at most {int(bounds.upper)} tokens, not the task's {max_length}"
+        )
+    return int(bounds.lower)
+
+
 def export_program(
     model: TaskModel,
     layout: BackboneLayout,
@@ -133,7 +167,11 @@ def export_program(
     }
     with native_logs_quiet():
         try:
-            ep = torch.export.export(WithLoss(model), (*inputs, labels), strict=False)
+            args = (*inputs, labels)
+            ep = torch.export.export(
+                WithLoss(model), args, dynamic_shapes=_dynamic_length(args, max_length), strict=False
+            )
+            min_length = _min_length(ep, max_length)
             joint = _export_forward_backward(ep)
         except Exception as e:  # torch raises many types for an operator without a backward
             raise FedyoloError(
@@ -180,4 +218,5 @@ def export_program(
         input_names=(*names, "labels"),
         trainable={n: trainable[n] for n in trainable},
         ops=ops,
+        min_length=min_length,
     )

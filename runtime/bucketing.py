@@ -13,13 +13,14 @@ import numpy as np
 from fedyolo.runtime.trainer import Batch
 
 
-def trim_padding(batch: Batch) -> Batch:
-    """`batch` with its trailing all-padding columns dropped (text with an attention mask; else as is)."""
+def trim_padding(batch: Batch, min_length: int = 2) -> Batch:
+    """`batch` with its trailing all-padding columns dropped (text with an attention mask; else as is),
+    keeping at least `min_length` columns (an ExecuTorch program may take no fewer)."""
     mask = batch.get("attention_mask")
     if mask is None or mask.ndim != 2 or mask.shape[1] < 2:
         return batch
     used = np.flatnonzero(mask.any(axis=0))
-    length = max(int(used[-1]) + 1 if used.size else 0, 2)
+    length = max(int(used[-1]) + 1 if used.size else 0, min_length, 2)
     if length >= mask.shape[1]:  # columns from `length` on are padding in every row, by construction
         return batch
     return {k: v[:, :length] if v.ndim == 2 and v.shape[1] == mask.shape[1] else v for k, v in batch.items()}

@@ -8,7 +8,9 @@ backends follow the same trajectory from the same module.
 
 The program is planned for a fixed batch (`TaskSpec.executorch_batch`): a smaller batch is padded with
 rows labelled -100, which the loss ignores; a larger one is cut into pieces whose gradients are summed
-weighted by their rows, which is the gradient of the whole batch's mean loss.
+weighted by their rows, which is the gradient of the whole batch's mean loss. Text runs at the length
+of the batch's longest text (`bucketing`), down to the shortest the program takes
+(`TaskSpec.executorch_min_length`; programs exported before it take only `max_length`).
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from typing import Any
 import numpy as np
 
 from fedyolo.runtime import et_kernels
+from fedyolo.runtime.bucketing import trim_padding
 from fedyolo.runtime.bundle import Bundle
 from fedyolo.runtime.errors import BundleError, FedyoloError
 from fedyolo.runtime.executorch_files import BACKBONE_DATA_FILE, IGNORE_LABEL, PROGRAM
@@ -91,6 +94,7 @@ class ExecutorchTrainer:
             ) from e
         self._program = program
         self._batch = self.task.executorch_batch
+        self._min_length = self.task.executorch_min_length  # 0: a fixed length, no trimming
         self._names = [t.name for t in self.task.trainable]
         self._features = [n for n in self.task.input.names if n != "labels"]
         # The joint program returns [user outputs, gradients, parameters]; its metadata methods (what
@@ -151,6 +155,10 @@ class ExecutorchTrainer:
         grads = [out[self._grad_start + i] for i in self._index]
         return float(out[0]), np.array(out[1].numpy()), grads
 
+    def _trimmed(self, batch: Batch) -> Batch:
+        """`batch` at the length of its longest text, when the program's length is dynamic."""
+        return trim_padding(batch, self._min_length) if self._min_length else batch
+
     def _pieces(self, batch: Batch) -> Iterator[tuple[int, int]]:
         missing = [n for n in (*self._features, "labels") if n not in batch]
         if missing:
@@ -162,6 +170,7 @@ class ExecutorchTrainer:
     def gradients(self, batch: Batch) -> tuple[float, ModuleWeights]:
         """Loss and gradients of the trainable tensors on `batch`, without stepping (parity checks)."""
         n = len(batch["labels"])
+        batch = self._trimmed(batch)
         loss = 0.0
         grads = {name: np.zeros_like(p) for name, p in self._params.items()}
         for start, stop in self._pieces(batch):
@@ -199,7 +208,7 @@ class ExecutorchTrainer:
             p -= (step_size * m / (np.sqrt(v) + EPS)).astype(np.float32)
 
     def _eval(self, batch: Batch) -> tuple[float, np.ndarray]:
-        feed = dict(batch)
+        feed = dict(self._trimmed(batch))
         feed.setdefault("labels", np.zeros(len(next(iter(batch.values()))), dtype=np.int64))
         n = len(feed["labels"])
         loss, logits = 0.0, []

@@ -104,6 +104,8 @@ class TaskSpec:
     loss_output: str = "loss"
     logits_output: str = "logits"
     executorch_batch: int = 0  # examples per call of program.pte; 0: no ExecuTorch program
+    # the shortest text program.pte takes (its longest is input.max_length); 0: it takes max_length only
+    executorch_min_length: int = 0
 
     @property
     def module_numel(self) -> int:
@@ -211,6 +213,7 @@ def _task(raw: dict[str, Any]) -> TaskSpec:
         loss_output=raw.get("loss_output", "loss"),
         logits_output=raw.get("logits_output", "logits"),
         executorch_batch=int(raw.get("executorch_batch", 0)),
+        executorch_min_length=int(raw.get("executorch_min_length", 0)),
     )
 
 

@@ -18,6 +18,7 @@ from fedyolo.cli.export_options import (
     TaskData,
     TaskName,
 )
+from fedyolo.runtime.manifest import TaskSpec
 
 
 def export_executorch_cmd(
@@ -56,6 +57,14 @@ def export_executorch_cmd(
     data_file = manifest.backbone.executorch_data
     print(
         f"exported task {task!r} ({module}) for ExecuTorch to {out}: program {spec.files['program.pte'].bytes / 1e3:.1f} KB "
-        f"(batch {spec.executorch_batch}), backbone.ptd {(data_file.bytes if data_file else 0) / 1e6:.1f} MB stored once; "
+        f"(batch {spec.executorch_batch}{_lengths(spec)}), backbone.ptd {(data_file.bytes if data_file else 0) / 1e6:.1f} MB stored once; "
         f"tasks in bundle: {', '.join(sorted(manifest.tasks))}"
     )
+
+
+def _lengths(spec: TaskSpec) -> str:
+    """The text lengths the program takes, for the export's summary line."""
+    if spec.input.kind != "text":
+        return ""
+    low = spec.executorch_min_length or spec.input.max_length
+    return f", {low}-{spec.input.max_length} tokens" if low < spec.input.max_length else f", {low} tokens"

@@ -110,6 +110,40 @@ def test_first_step_loss_and_gradients_equal_torch_and_onnx(et_bundle: Path, kin
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("kind", ["lora", "prompt"])
+def test_a_padded_batch_runs_at_its_longest_text_with_the_same_loss(et_bundle: Path, kind: str) -> None:
+    # Arrange: every text ends by column 5 of 16, as short real texts do
+    bundle = open_bundle(et_bundle, tasks=[kind])
+    spec = bundle.task(kind)
+    batch = make_batch(et_bundle)
+    et = make_trainer(bundle, kind, "executorch")
+    lengths: list[int] = []
+    run = et._call  # type: ignore[attr-defined]
+
+    def recording(inputs: list[object]) -> object:
+        lengths.append(int(np.shape(inputs[0])[1]) if np.ndim(inputs[0]) == 2 else 0)
+        return run(inputs)
+
+    et._call = recording  # type: ignore[attr-defined]
+    if spec.input.kind == "text":
+        batch["attention_mask"][:, 5:] = 0
+        batch["input_ids"][:, 5:] = 0
+
+    # Act
+    want_loss, want_grads = torch_reference(et_bundle, kind, batch)
+    et_loss, et_grads = et.gradients(batch)  # type: ignore[attr-defined]
+
+    # Assert: same loss and gradients as PyTorch on all 16 columns, computed on fewer
+    assert et_loss == pytest.approx(want_loss, rel=LOSS_RTOL)
+    assert_close_grads(et_grads, want_grads, f"{kind}: executorch on trimmed columns vs torch")
+    if spec.input.kind == "image":
+        assert spec.executorch_min_length == 0 and set(lengths) == {0}
+    else:
+        assert 2 <= spec.executorch_min_length < spec.input.max_length
+        assert set(lengths) == {max(5, spec.executorch_min_length)}
+
+
+@pytest.mark.slow
 def test_adamw_steps_follow_onnx_runtime(et_bundle: Path) -> None:
     # Arrange
     bundle = open_bundle(et_bundle, tasks=["lora"])
