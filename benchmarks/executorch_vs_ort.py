@@ -4,9 +4,9 @@ its trainer, the parent asking each for one step in turn, so that a loaded host 
 
     python benchmarks/executorch_vs_ort.py BUNDLE [--steps 20] [--out benchmarks/results/executorch_vs_ort.json]
 
-BUNDLE holds task `topics` (lora) with its ExecuTorch program (`step.py` adds one). Arms: ORT as the
-runtime runs it (length bucketing on), ORT padded to 32 tokens (what the ExecuTorch program computes),
-ExecuTorch. Same batches (step.py's), same AdamW; each worker in its own interpreter, so peak RSS and
+BUNDLE holds task `topics` (lora) with its ExecuTorch program (`step.py` adds one). Arms: each backend
+as the runtime runs it (length bucketing on: a batch runs at its longest text), and each padded to 32
+tokens (bucketing off; what a program exported before its length was dynamic computes). Same batches (step.py's), same AdamW; each worker in its own interpreter, so peak RSS and
 "torch loaded" are that backend's alone.
 """
 
@@ -24,17 +24,22 @@ import numpy as np
 from machine import machine
 from step import WARMUP, batches, peak_rss_mb, timings, versions
 
-ARMS = {"ort": ["ort", "bucketed"], "ort_padded": ["ort", "padded"], "executorch": ["executorch", "padded"]}
+ARMS = {
+    "ort": ["ort", "bucketed"],
+    "ort_padded": ["ort", "padded"],
+    "executorch": ["executorch", "bucketed"],
+    "executorch_padded": ["executorch", "padded"],
+}
 
 
 def worker(bundle: str, backend: str, bucketing: bool, steps: int) -> None:
     """Answers each line `i` on stdin with `seconds loss` of one step on batch i."""
-    from fedyolo.runtime import ort_trainer
+    from fedyolo.runtime import executorch_trainer, ort_trainer
     from fedyolo.runtime.backends import make_trainer
     from fedyolo.runtime.bundle import open_bundle
 
     if not bucketing:
-        ort_trainer.trim_padding = lambda batch: batch
+        ort_trainer.trim_padding = executorch_trainer.trim_padding = lambda batch, *_: batch
     data = batches(bundle, "topics", steps)
     trainer = make_trainer(open_bundle(bundle, tasks=["topics"]), "topics", backend, lr=1e-3)
     print("ready", flush=True)
@@ -105,6 +110,7 @@ def main() -> None:
         "ratios": {
             "executorch_over_ort_step": et["median_ms"] / arms["ort"]["median_ms"],
             "executorch_over_ort_padded_step": et["median_ms"] / arms["ort_padded"]["median_ms"],
+            "executorch_padded_over_ort_padded_step": arms["executorch_padded"]["median_ms"] / arms["ort_padded"]["median_ms"],
             "executorch_over_ort_peak_rss": et["peak_rss_mb"] / arms["ort"]["peak_rss_mb"],
             # per step, then the median: each pair ran back to back
             "median_of_paired_executorch_over_ort": float(np.median(np.array(times["executorch"]) / np.array(times["ort"]))),
@@ -113,7 +119,7 @@ def main() -> None:
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(result, indent=2))
     for name, a in arms.items():
-        print(f"{name:11s} median {a['median_ms']:.1f} ms  p95 {a['p95_ms']:.1f}  peak RSS {a['peak_rss_mb']:.0f} MB  "
+        print(f"{name:17s} median {a['median_ms']:.1f} ms  p95 {a['p95_ms']:.1f}  peak RSS {a['peak_rss_mb']:.0f} MB  "
               f"loss {a['first_loss']:.5f} -> {a['last_loss']:.5f}")  # fmt: skip
     r = result["ratios"]
     print(f"ExecuTorch / ORT {r['executorch_over_ort_step']:.2f} (paired median {r['median_of_paired_executorch_over_ort']:.2f}), "
