@@ -2,11 +2,12 @@
 A/B of programs in one process (wall and process CPU per step), on the default case's shapes.
 
     python benchmarks/executorch_profile.py BUNDLE/backbone/backbone.ptd A.pte [B.pte ...] [--steps 12]
-        [--threads N] [--etdump]
+        [--threads N] [--etdump] [--seq 32]
 
 `--etdump` profiles the first program (8 steps) and prints each operator's mean time per step;
 otherwise the programs run in turn, step by step, so that a loaded host slows them alike. The
-inputs are random word pieces (batch 8, sequence 32): the kernels' time does not depend on the values.
+inputs are random word pieces (batch 8, sequence `--seq`, 32 by default; a program exported with a
+dynamic length takes any up to its task's): the kernels' time does not depend on the values.
 """
 
 from __future__ import annotations
@@ -19,17 +20,17 @@ from pathlib import Path
 
 import numpy as np
 
-BATCH, SEQ = 8, 32
+BATCH = 8
 SETUP = ("Method::execute", "OPERATOR_CALL", "Program::load_method", "Method::init")
 
 
-def inputs() -> list[object]:
+def inputs(seq: int) -> list[object]:
     import torch
 
-    ids = np.random.default_rng(0).integers(1000, 5000, (BATCH, SEQ)).astype(np.int64)
+    ids = np.random.default_rng(0).integers(1000, 5000, (BATCH, seq)).astype(np.int64)
     return [
         torch.from_numpy(ids),
-        torch.ones(BATCH, SEQ, dtype=torch.int64),
+        torch.ones(BATCH, seq, dtype=torch.int64),
         torch.zeros(BATCH, dtype=torch.int64),
     ]
 
@@ -54,6 +55,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=12)
     parser.add_argument("--threads", type=int, default=0, help="ExecuTorch threadpool size; 0: as it starts")
     parser.add_argument("--etdump", action="store_true")
+    parser.add_argument("--seq", type=int, default=32, help="tokens per text")
     args = parser.parse_args()
     import torch  # noqa: F401  (loads the libtorch that the bindings link)
     from executorch.extension.pybindings._C import _load_for_executorch, _unsafe_reset_threadpool
@@ -64,7 +66,7 @@ def main() -> None:
         _unsafe_reset_threadpool(args.threads)
     if any(et_kernels.program_needs_kernels(Path(p)) for p in args.programs):
         et_kernels.load(args.threads)  # fedyolo's GEMM kernels, before a program that calls them loads
-    feed = inputs()
+    feed = inputs(args.seq)
     if args.etdump:
         program = _load_for_executorch(args.programs[0], data_path=args.data, enable_etdump=True)
         for _ in range(8):
