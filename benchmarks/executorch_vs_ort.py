@@ -57,12 +57,6 @@ def main() -> None:
     parser.add_argument("bundle")
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--out", default="benchmarks/results/executorch_vs_ort.json")
-    parser.add_argument(
-        "--gap-ms",
-        type=float,
-        default=50,
-        help="idle time before each step: the last worker's threads settle",
-    )
     parser.add_argument("--worker", nargs=2, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
@@ -93,9 +87,6 @@ def main() -> None:
     losses: dict[str, list[float]] = {n: [] for n in procs}
     for i in range(WARMUP + args.steps):
         for name, p in procs.items():
-            time.sleep(
-                args.gap_ms / 1000
-            )  # ORT's idle threads spin a while after a step: not into the next arm's
             seconds, loss = ask(p, str(i)).split()
             losses[name].append(float(loss))
             if i >= WARMUP:
