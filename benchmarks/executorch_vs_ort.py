@@ -57,6 +57,7 @@ def main() -> None:
     parser.add_argument("bundle")
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--out", default="benchmarks/results/executorch_vs_ort.json")
+    parser.add_argument("--gap-ms", type=float, default=50, help="idle time before each worker's step")
     parser.add_argument("--worker", nargs=2, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
@@ -87,6 +88,8 @@ def main() -> None:
     losses: dict[str, list[float]] = {n: [] for n in procs}
     for i in range(WARMUP + args.steps):
         for name, p in procs.items():
+            # ORT's idle threads spin a while after its step: without a pause, into the next arm's step
+            time.sleep(args.gap_ms / 1000)
             seconds, loss = ask(p, str(i)).split()
             losses[name].append(float(loss))
             if i >= WARMUP:
