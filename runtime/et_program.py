@@ -122,11 +122,11 @@ class Program:
         handle = self._lib.fedyolo_et_open(str(program).encode(), str(data).encode() if data else None)
         if not handle:
             raise ProgramError(_error(self._lib))
-        self._handle: int | None = handle
+        self._handle: int = handle
 
     def load_method(self, method: str) -> None:
         """Prepares `method` now (its memory, kernels and data), so a missing operator is found here."""
-        if self._lib.fedyolo_et_load_method(self._live(), method.encode()) != 0:
+        if self._lib.fedyolo_et_load_method(self._handle, method.encode()) != 0:
             raise ProgramError(f"{self.path}: {_error(self._lib)}")
 
     def run(self, method: str, inputs: Sequence[np.ndarray] = ()) -> list[Output]:
@@ -136,7 +136,8 @@ class Program:
         for i, a in enumerate(arrays):
             if a.dtype not in INPUT_TYPES:
                 raise ProgramError(
-                    f"{self.path}: input {i} of method {method!r} is {a.dtype}; give float32 or int64 arrays"
+                    f"{self.path}: input {i} of method {method!r} is {a.dtype}; ExecuTorch takes "
+                    f"{', '.join(str(t) for t in INPUT_TYPES)}"
                 )
         n = len(arrays)
         dtypes = (ctypes.c_int32 * n)(*(INPUT_TYPES[a.dtype] for a in arrays))
@@ -144,11 +145,11 @@ class Program:
         flat = [d for a in arrays for d in a.shape]
         shapes = (ctypes.c_int64 * max(1, len(flat)))(*flat)
         data = (ctypes.c_void_p * n)(*(a.ctypes.data for a in arrays))
-        count = self._lib.fedyolo_et_run(self._live(), method.encode(), n, dtypes, ndims, shapes, data)
+        count = self._lib.fedyolo_et_run(self._handle, method.encode(), n, dtypes, ndims, shapes, data)
         if count < 0:
             raise ProgramError(f"{self.path}: {_error(self._lib)}")
         values = (_Value * count)()
-        self._lib.fedyolo_et_outputs(self._live(), values, count)
+        self._lib.fedyolo_et_outputs(self._handle, values, count)
         return [self._output(v) for v in values]
 
     def _output(self, v: _Value) -> Output:
@@ -171,23 +172,17 @@ class Program:
         if v.kind == _KIND_BOOL:
             return bool(v.integer)
         if v.kind == _KIND_STRING:
-            return ctypes.string_at(v.data, v.length).decode()
+            return ctypes.string_at(v.data, v.length).decode() if v.length else ""
         if v.kind == _KIND_NONE:
             return None
         raise ProgramError(
             f"{self.path} returns an output of a kind fedyolo does not read (a list or an object)"
         )
 
-    def _live(self) -> int:
-        if self._handle is None:
-            raise ProgramError(f"{self.path} is not open")
-        return self._handle
-
     def __del__(self) -> None:
-        # only once no output view is left: each view holds the program
-        if getattr(self, "_handle", None) is not None:
+        # only once no output view is left (each view holds the program); not at all if opening failed
+        if getattr(self, "_handle", None):
             self._lib.fedyolo_et_close(self._handle)
-            self._handle = None
 
 
 def build(out: Path | None = None) -> Path:
