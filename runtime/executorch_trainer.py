@@ -17,9 +17,10 @@ from collections.abc import Iterable, Iterator
 
 import numpy as np
 
-from fedyolo.runtime import et_kernels, et_program
+from fedyolo.runtime import et_kernels
 from fedyolo.runtime.bundle import Bundle
 from fedyolo.runtime.errors import BundleError
+from fedyolo.runtime.et_program import Output, Program, ProgramError, runner
 from fedyolo.runtime.executorch_files import BACKBONE_DATA_FILE, IGNORE_LABEL, PROGRAM
 from fedyolo.runtime.fedprox import proximal_step, proximal_target
 from fedyolo.runtime.manifest import TaskSpec, sha256_file
@@ -34,10 +35,10 @@ BETAS = (0.9, 0.999)
 EPS = 1e-6
 
 
-def load_executorch() -> type[et_program.Program]:
+def load_executorch() -> type[Program]:
     """fedyolo's ExecuTorch runner (the C++ runtime, no torch), or an error saying how to get it."""
-    et_program.runner()
-    return et_program.Program
+    runner()
+    return Program
 
 
 def check_program(bundle: Bundle, task_id: str) -> TaskSpec:
@@ -71,7 +72,7 @@ class ExecutorchTrainer:
         try:
             program = load(path, data if data.is_file() else None)
             program.load_method(METHOD)
-        except et_program.ProgramError as e:
+        except ProgramError as e:
             raise BundleError(
                 f"ExecuTorch cannot load task {task_id!r} ({e}); re-export it with `fedyolo export executorch`"
             ) from e
@@ -110,7 +111,7 @@ class ExecutorchTrainer:
             )
         return value
 
-    def _tensor(self, value: et_program.Output) -> np.ndarray:
+    def _tensor(self, value: Output) -> np.ndarray:
         if not isinstance(value, np.ndarray):
             raise BundleError(
                 f"program.pte of task {self.task.task_id!r} returns {value!r} where a tensor was due"
@@ -144,7 +145,7 @@ class ExecutorchTrainer:
         inputs.append(labels)
         return inputs
 
-    def _call(self, inputs: list[np.ndarray]) -> list[et_program.Output]:
+    def _call(self, inputs: list[np.ndarray]) -> list[Output]:
         """The program's outputs: views of its memory (not copies), valid until the next call."""
         return self._program.run(METHOD, inputs)
 
