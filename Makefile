@@ -11,11 +11,16 @@ FLOWER_VENV ?= .venv-flower
 # fedyolo's ExecuTorch kernel library (GEMMs on every core, fast permute/erf/GELU): g++ against the
 # executorch wheel's headers, ~5 s; rebuilt when its source changes (runtime/et_kernels.py)
 ET_KERNELS = runtime/native/libfedyolo_et_kernels.so
+# the ExecuTorch backend's runner: ExecuTorch's C++ runtime through ctypes, no libtorch (runtime/et_program.py)
+ET_RUNNER = runtime/native/libfedyolo_et_runner.so
 
-setup: $(VENV)/.installed web-check $(ET_KERNELS)
+setup: $(VENV)/.installed web-check $(ET_KERNELS) $(ET_RUNNER)
 
 $(ET_KERNELS): runtime/native/fedyolo_et_kernels.cpp runtime/et_kernels.py $(VENV)/.installed
 	$(BIN)/python -m fedyolo.runtime.et_kernels build
+
+$(ET_RUNNER): runtime/native/fedyolo_et_runner.cpp runtime/et_program.py runtime/et_kernels.py $(VENV)/.installed
+	$(BIN)/python -m fedyolo.runtime.et_program build
 
 # The phone's page (android_demo/web): npm installs the lockfile's exact versions (onnxruntime-web's
 # training build, playwright-core for the tests); the build copies the sources and the one wasm variant

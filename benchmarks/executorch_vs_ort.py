@@ -3,17 +3,20 @@ its trainer, the parent asking each for one step in turn, so that a loaded host 
 (`step.py` runs the backends one after the other: on a shared host their contention differs by 2×).
 
     python benchmarks/executorch_vs_ort.py BUNDLE [--steps 20] [--out benchmarks/results/executorch_vs_ort.json]
+        [--baseline CHECKOUT]   # a fourth arm: the executorch backend of another fedyolo checkout
 
 BUNDLE holds task `topics` (lora) with its ExecuTorch program (`step.py` adds one). Arms: each backend
 as the runtime runs it (length bucketing on: a batch runs at its longest text), and each padded to 32
-tokens (bucketing off; what a program exported before its length was dynamic computes). Same batches (step.py's), same AdamW; each worker in its own interpreter, so peak RSS and
-"torch loaded" are that backend's alone.
+tokens (bucketing off; what a program exported before its length was dynamic computes). Same batches
+(step.py's), same AdamW; each worker in its own interpreter, so peak RSS and "torch loaded" are that
+backend's alone.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import subprocess
 import sys
 import time
@@ -58,19 +61,30 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--out", default="benchmarks/results/executorch_vs_ort.json")
     parser.add_argument("--gap-ms", type=float, default=50, help="idle time before each worker's step")
+    parser.add_argument(
+        "--baseline",
+        metavar="CHECKOUT",
+        help="also step the executorch backend of the fedyolo checkout at CHECKOUT (e.g. main, before a "
+        "change) in the same turn, as arm executorch_baseline",
+    )
     parser.add_argument("--worker", nargs=2, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
         worker(args.bundle, args.worker[0], args.worker[1] == "bucketed", args.steps)
         return
+    arms_run, env = dict(ARMS), {}
+    if args.baseline:
+        arms_run["executorch_baseline"] = ARMS["executorch"]
+        env["executorch_baseline"] = {**os.environ, "PYTHONPATH": str(Path(args.baseline).resolve())}
     procs = {
         name: subprocess.Popen(
             [sys.executable, __file__, args.bundle, "--steps", str(args.steps), "--worker", *arm],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             text=True,
+            env=env.get(name),
         )
-        for name, arm in ARMS.items()
+        for name, arm in arms_run.items()
     }
 
     def ask(p: subprocess.Popen[str], line: str) -> str:
@@ -119,6 +133,17 @@ def main() -> None:
             "median_of_paired_executorch_over_ort": float(np.median(np.array(times["executorch"]) / np.array(times["ort"]))),
         },
     }  # fmt: skip
+    if args.baseline:
+        base = arms["executorch_baseline"]
+        commit = subprocess.run(
+            ["git", "-C", args.baseline, "rev-parse", "HEAD"], capture_output=True, text=True
+        )
+        result["baseline"] = {"checkout": args.baseline, "commit": commit.stdout.strip()}
+        result["ratios"].update(
+            executorch_over_baseline_step=et["median_ms"] / base["median_ms"],
+            executorch_over_baseline_peak_rss=et["peak_rss_mb"] / base["peak_rss_mb"],
+            baseline_over_ort_peak_rss=base["peak_rss_mb"] / arms["ort"]["peak_rss_mb"],
+        )
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(result, indent=2))
     for name, a in arms.items():
@@ -127,6 +152,9 @@ def main() -> None:
     r = result["ratios"]
     print(f"ExecuTorch / ORT {r['executorch_over_ort_step']:.2f} (paired median {r['median_of_paired_executorch_over_ort']:.2f}), "
           f"/ ORT padded {r['executorch_over_ort_padded_step']:.2f}; RSS {r['executorch_over_ort_peak_rss']:.2f}; results in {args.out}")  # fmt: skip
+    if args.baseline:
+        print(f"ExecuTorch / baseline: step {r['executorch_over_baseline_step']:.2f}, RSS {r['executorch_over_baseline_peak_rss']:.2f} "
+              f"(baseline RSS / ORT {r['baseline_over_ort_peak_rss']:.2f})")  # fmt: skip
 
 
 if __name__ == "__main__":

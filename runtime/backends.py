@@ -2,8 +2,8 @@
 
 `make_trainer` is the one factory every place that builds a trainer goes through (`--backend ort|executorch`
 on train, client, simulate; profile; the benchmarks). ONNX Runtime is the default and needs nothing beyond
-the base install; ExecuTorch is an extra whose Python bindings load libtorch, so its trainer module is
-imported only when it is asked for.
+the base install; ExecuTorch is an extra (its C++ runtime, run through fedyolo's runner library without
+torch), so its trainer module is imported only when it is asked for.
 
 Registered at import, a second backend of the same name refused (as PEFT registers its methods). A
 backend that is not installed, or whose trainer this build lacks, is listed with the reason, so that

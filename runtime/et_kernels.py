@@ -94,8 +94,12 @@ def _executorch_root() -> Path:
     return Path(next(iter(spec.submodule_search_locations)))
 
 
-def build_command(out: Path) -> list[str]:
-    """g++ against the wheel's headers (with the definitions its cmake config names) and libexecutorch."""
+def build_command(
+    out: Path, source: Path = SOURCE, libraries: tuple[str, ...] = ("executorch",)
+) -> list[str]:
+    """g++ of `source` against the wheel's headers (with the definitions its cmake config names), linked
+    to the wheel's `libraries` (each loaded with ours, even where no symbol of it is used: a kernel
+    library registers its kernels when loaded)."""
     root = _executorch_root()
     return [
         os.environ.get("CXX", "g++"),
@@ -117,31 +121,34 @@ def build_command(out: Path) -> list[str]:
         f"-I{root / 'include/executorch/runtime/core/portable_type/c10'}",
         "-o",
         str(out),
-        str(SOURCE),
+        str(source),
         f"-L{root / 'lib'}",
-        "-lexecutorch",
+        "-Wl,--no-as-needed",
+        *(f"-l{library}" for library in libraries),
         f"-Wl,-rpath,{root / 'lib'}",
         "-ldl",
     ]
 
 
-def build(out: Path | None = None) -> Path:
-    """Compiles the library (to `out`, default beside its source); returns its path."""
+def build(
+    out: Path | None = None, source: Path = SOURCE, libraries: tuple[str, ...] = ("executorch",)
+) -> Path:
+    """Compiles `source` (default: the kernels) to `out` (default beside the source); returns its path."""
     out = out or library_path()
     # to a new file, then renamed over the old: a process that has the old one loaded keeps its copy
     # (g++ writing in place would change the pages under it)
     partial = out.with_name(f".{out.name}.{os.getpid()}")
-    command = build_command(partial)
+    command = build_command(partial, source, libraries)
     try:
         subprocess.run(command, check=True, capture_output=True, text=True)
         partial.replace(out)
     except FileNotFoundError as e:
         raise FedyoloError(
-            f"building the kernels needs a C++ compiler ({e}): apt install g++, or set CXX"
+            f"building {out.name} needs a C++ compiler ({e}): apt install g++, or set CXX"
         ) from e
     except subprocess.CalledProcessError as e:
         last = (e.stderr.strip().splitlines() or ["no output"])[-1]
-        raise FedyoloError(f"building the kernels failed ({' '.join(command)}): {last}") from e
+        raise FedyoloError(f"building {out.name} failed ({' '.join(command)}): {last}") from e
     finally:
         partial.unlink(missing_ok=True)
     return out

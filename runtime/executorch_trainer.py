@@ -1,10 +1,10 @@
 """The ExecuTorch backend: a task's `program.pte` trained over the bundle's shared `backbone.ptd`.
 
-ExecuTorch's Python bindings link libtorch (the one exception to "the runtime never imports torch";
-phones' C++/Java runtimes don't): this module is imported only when `--backend executorch` is asked
-for. Upstream ships only SGD, so the optimisers are written here in numpy over the program's own
-parameter memory (`named_parameters` aliases it): AdamW with ONNX Runtime training's settings, so both
-backends follow the same trajectory from the same module.
+The program runs on fedyolo's runner library (`et_program`: ExecuTorch's C++ runtime through ctypes,
+numpy in and out), not on ExecuTorch's Python bindings, which link libtorch: like the ORT path, this
+backend never loads torch. Upstream ships only SGD, so the optimisers are written here in numpy over the
+program's own parameter memory (its parameter outputs are views of it): AdamW with ONNX Runtime
+training's settings, so both backends follow the same trajectory from the same module.
 
 The program is planned for a fixed batch (`TaskSpec.executorch_batch`): a smaller batch is padded with
 rows labelled -100, which the loss ignores; a larger one is cut into pieces whose gradients are summed
@@ -16,14 +16,14 @@ of the batch's longest text (`bucketing`), down to the shortest the program take
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator
-from typing import Any
 
 import numpy as np
 
 from fedyolo.runtime import et_kernels
 from fedyolo.runtime.bucketing import trim_padding
 from fedyolo.runtime.bundle import Bundle
-from fedyolo.runtime.errors import BundleError, FedyoloError
+from fedyolo.runtime.errors import BundleError
+from fedyolo.runtime.et_program import Output, Program, ProgramError, runner
 from fedyolo.runtime.executorch_files import BACKBONE_DATA_FILE, IGNORE_LABEL, PROGRAM
 from fedyolo.runtime.fedprox import proximal_step, proximal_target
 from fedyolo.runtime.manifest import TaskSpec, sha256_file
@@ -38,23 +38,10 @@ BETAS = (0.9, 0.999)
 EPS = 1e-6
 
 
-def load_executorch() -> tuple[Any, Any]:
-    """ExecuTorch's program loader and torch (whose tensors its bindings take), or an error naming the
-    extra that installs them. Imported here, not at the top: the ORT path never loads them.
-
-    The compiled bindings (`_C`) directly, after torch (which loads the libtorch they link): the Python
-    wrappers `portable_lib` and `extension.training` import `executorch.exir`, the whole export stack
-    with torchao, for a warning decorator (measured: +139 MB RSS before any program is loaded).
-    """
-    try:
-        import torch
-        from executorch.extension.pybindings._C import _load_for_executorch
-    except ImportError as e:
-        raise FedyoloError(
-            f"the executorch backend needs ExecuTorch ({e}); install it with "
-            "`pip install 'fedyolo[executorch]' -c constraints.txt`, or use --backend ort"
-        ) from e
-    return _load_for_executorch, torch
+def load_executorch() -> type[Program]:
+    """fedyolo's ExecuTorch runner (the C++ runtime, no torch), or an error saying how to get it."""
+    runner()
+    return Program
 
 
 def check_program(bundle: Bundle, task_id: str) -> TaskSpec:
@@ -79,16 +66,16 @@ class ExecutorchTrainer:
 
     def __init__(self, bundle: Bundle, task_id: str, lr: float = 1e-3, threads: int = 0) -> None:
         self.bundle = bundle
-        load, self._torch = load_executorch()  # first: without it, exporting a program would not help
+        load = load_executorch()  # first: without it, exporting a program would not help
         self.task: TaskSpec = check_program(bundle, task_id)
         data = bundle.root / BACKBONE_DATA_FILE
-        if et_kernels.program_needs_kernels(bundle.task_file(task_id, PROGRAM)):
+        path = bundle.task_file(task_id, PROGRAM)
+        if et_kernels.program_needs_kernels(path):
             et_kernels.load(threads)  # registers fedyolo's GEMM kernels before the program looks them up
         try:
-            program = load(
-                str(bundle.task_file(task_id, PROGRAM)), data_path=str(data) if data.is_file() else None
-            )
-        except RuntimeError as e:
+            program = load(path, data if data.is_file() else None)
+            program.load_method(METHOD)
+        except ProgramError as e:
             raise BundleError(
                 f"ExecuTorch cannot load task {task_id!r} ({e}); re-export it with `fedyolo export executorch`"
             ) from e
@@ -99,9 +86,9 @@ class ExecutorchTrainer:
         self._features = [n for n in self.task.input.names if n != "labels"]
         # The joint program returns [user outputs, gradients, parameters]; its metadata methods (what
         # `extension.training.TrainingModule` reads) give where each part starts and the tensors' names.
-        self._grad_start = int(program.run_method(f"__et_training_gradients_index_{METHOD}", ())[0])
-        self._param_start = int(program.run_method(f"__et_training_parameters_index_{METHOD}", ())[0])
-        fqns = [str(n) for n in program.run_method(f"__et_training_fqn_{METHOD}", ())]
+        self._grad_start = self._integer(f"__et_training_gradients_index_{METHOD}")
+        self._param_start = self._integer(f"__et_training_parameters_index_{METHOD}")
+        fqns = [str(n) for n in program.run(f"__et_training_fqn_{METHOD}")]
         index = {fqn.removeprefix(PREFIX): i for i, fqn in enumerate(fqns)}
         if set(index) != set(self._names):
             raise BundleError(
@@ -113,11 +100,27 @@ class ExecutorchTrainer:
         # numpy views of the program's parameter memory (outputs not cloned): writing them in place is
         # what the program trains on
         self._params = {
-            n: outputs[self._param_start + i].numpy() for n, i in zip(self._names, self._index, strict=True)
+            n: self._tensor(outputs[self._param_start + i])
+            for n, i in zip(self._names, self._index, strict=True)
         }
         self._lr = lr
         self._proximal: tuple[ModuleWeights, float] | None = None
         self._reset_optimizer()
+
+    def _integer(self, method: str) -> int:
+        value = self._program.run(method)[0]
+        if not isinstance(value, int):
+            raise BundleError(
+                f"{method} of task {self.task.task_id!r} returns {value!r}, not an int; re-export it"
+            )
+        return value
+
+    def _tensor(self, value: Output) -> np.ndarray:
+        if not isinstance(value, np.ndarray):
+            raise BundleError(
+                f"program.pte of task {self.task.task_id!r} returns {value!r} where a tensor was due"
+            )
+        return value
 
     def _zeros(self, name: str, n: int) -> np.ndarray:
         if name == "pixel_values":
@@ -129,7 +132,7 @@ class ExecutorchTrainer:
         self._m = {n: np.zeros_like(p) for n, p in self._params.items()}
         self._v = {n: np.zeros_like(p) for n, p in self._params.items()}
 
-    def _padded(self, batch: Batch, start: int, stop: int) -> list[Any]:
+    def _padded(self, batch: Batch, start: int, stop: int) -> list[np.ndarray]:
         """Rows start..stop of `batch` as the program's inputs, padded to its batch with ignored rows."""
         rows = stop - start
         pad = self._batch - rows
@@ -139,21 +142,22 @@ class ExecutorchTrainer:
             arr = np.ascontiguousarray(batch[name][start:stop], want)
             if pad:
                 arr = np.concatenate([arr, np.repeat(arr[:1], pad, axis=0)])
-            inputs.append(self._torch.from_numpy(arr))
+            inputs.append(arr)
         labels = np.full(self._batch, IGNORE_LABEL, np.int64)
         if "labels" in batch:
             labels[:rows] = batch["labels"][start:stop]
-        inputs.append(self._torch.from_numpy(labels))
+        inputs.append(labels)
         return inputs
 
-    def _call(self, inputs: list[Any]) -> list[Any]:
-        return list(self._program.run_method(METHOD, inputs, clone_outputs=False))
+    def _call(self, inputs: list[np.ndarray]) -> list[Output]:
+        """The program's outputs: views of its memory (not copies), valid until the next call."""
+        return self._program.run(METHOD, inputs)
 
-    def _run(self, inputs: list[Any]) -> tuple[float, np.ndarray, list[Any]]:
+    def _run(self, inputs: list[np.ndarray]) -> tuple[float, np.ndarray, list[np.ndarray]]:
         """Loss, a copy of the logits, and the gradients (valid until the next call)."""
         out = self._call(inputs)
-        grads = [out[self._grad_start + i] for i in self._index]
-        return float(out[0]), np.array(out[1].numpy()), grads
+        grads = [self._tensor(out[self._grad_start + i]) for i in self._index]
+        return float(self._tensor(out[0])), np.array(self._tensor(out[1])), grads
 
     def _trimmed(self, batch: Batch) -> Batch:
         """`batch` at the length of its longest text, when the program's length is dynamic."""
@@ -178,7 +182,7 @@ class ExecutorchTrainer:
             weight = (stop - start) / n
             loss += weight * piece_loss
             for name, g in zip(self._names, piece_grads, strict=True):
-                grads[name] += weight * g.numpy()
+                grads[name] += weight * g
         return loss, grads
 
     def step(self, batch: Batch) -> float:
