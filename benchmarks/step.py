@@ -374,7 +374,7 @@ def main() -> None:
         print(
             f"ExecuTorch median {executorch['median_ms']:.1f} ms  p95 {executorch['p95_ms']:.1f} ms  peak RSS "
             f"{executorch['peak_rss_mb']:.0f} MB: {executorch['step_over_ort']:.2f}x ORT's step (target <= 2), "
-            f"{executorch['step_over_ort_padded']:.2f}x ORT's padded to 32 tokens as ExecuTorch is, "
+            f"{executorch['step_over_ort_padded']:.2f}x ORT's padded to 32 tokens, "
             f"{executorch['peak_rss_over_ort']:.2f}x its RSS (target <= 1.5)"
         )
     print(f"export of one task (ONNX): {export_seconds:.1f} s; results in {args.out}")
