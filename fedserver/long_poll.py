@@ -1,7 +1,7 @@
 """Long polls: a client asks for the round and the answer waits until a newer one opens.
 
 `RoundSignal` wakes the waiting polls of one server process when a round moves; `PollReads` lets the
-polls it wakes share one read of the round.
+polls share one read of the round, and one encoding of the answer, per change.
 """
 
 from __future__ import annotations
@@ -9,7 +9,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 
+from starlette.responses import JSONResponse
+
 from fedyolo.fedserver.rounds import RoundInfo, Rounds
+from fedyolo.fedserver.schemas import RoundBody
 
 
 class RoundSignal:
@@ -62,13 +65,15 @@ class PollReads:
 
     def __init__(self, rounds: Rounds) -> None:
         self.rounds = rounds
-        self._latest: dict[str, tuple[int, RoundInfo]] = {}
+        self._latest: dict[str, tuple[int, RoundInfo, bytes]] = {}
 
-    def current(self, task_id: str) -> RoundInfo:
+    def answer(self, task_id: str) -> tuple[RoundInfo, bytes]:
+        """The round and its JSON answer (as `RoundBody`), encoded once per change for every poll."""
         generation = self.rounds.generation  # read first: a change during the read only costs a re-read
         hit = self._latest.get(task_id)
         if hit is not None and hit[0] == generation:
-            return hit[1]
+            return hit[1], hit[2]
         info = self.rounds.current(task_id)
-        self._latest[task_id] = (generation, info)
-        return info
+        body = JSONResponse(RoundBody.model_validate(info.to_json()).model_dump(mode="json")).body
+        self._latest[task_id] = (generation, info, bytes(body))
+        return info, bytes(body)
