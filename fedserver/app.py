@@ -28,6 +28,7 @@ from fedyolo.fedserver.downloads import bundle_files, check_range, not_modified
 from fedyolo.fedserver.errors import CODES, ApiError
 from fedyolo.fedserver.hot_routes import OCTET, SQLITE_INT_MAX, HotRoutes, RoundApi
 from fedyolo.fedserver.long_poll import PollReads, RoundSignal
+from fedyolo.fedserver.peer_wake import PeerWake
 from fedyolo.fedserver.recovery import recover as recover_state
 from fedyolo.fedserver.reports import round_history, server_status
 from fedyolo.fedserver.rounds import Rounds
@@ -94,7 +95,7 @@ def create_app(config: ServerConfig, recover: bool = True) -> FastAPI:
         with start_up_errors(config.state_dir):
             recover_state(rounds)
     aggregator = Aggregator(rounds)
-    signal = RoundSignal(rounds)
+    signal = RoundSignal(rounds, PeerWake(config.state_dir))
     clients = Clients(store, config.enroll_key, config.max_clients)
     files = bundle_files(bundle)
     api = RoundApi(config, rounds, signal, PollReads(rounds))
