@@ -24,7 +24,7 @@ from typing import Any
 from fedyolo.fedserver.fold import RoundFold, is_finite
 from fedyolo.fedserver.reports import MetricsMean
 from fedyolo.fedserver.rounds import Rounds
-from fedyolo.fedserver.store import BlobError, decode_state, encode_state
+from fedyolo.fedserver.store import BlobError, decode_state, encode_state, sha256_hex
 from fedyolo.fedserver.strategies import StrategyState
 from fedyolo.runtime.errors import ModuleWeightsError
 from fedyolo.runtime.manifest import TaskSpec
@@ -127,8 +127,13 @@ class Aggregator:
                     del self._folds[task_id]  # fold the rest again from their blobs
                     self.rounds.quarantine(task_id, round_id, fold.ids[worst], reason)
                     return None
-                module_blob = blobs.put(encode_module(new_weights, task))
-                state_blob = blobs.put(encode_state(new_state))  # moments and the bounds' history
+                module, state = (
+                    encode_module(new_weights, task),
+                    encode_state(new_state),
+                )  # state: moments, bounds
+                module_blob, state_blob = blobs.put_all(
+                    [(module, sha256_hex(module)), (state, sha256_hex(state))]
+                )
                 version = self.rounds.commit(task_id, round_id, module_blob, state_blob, fold.metrics.mean())
             except BaseException:
                 self._folds.pop(task_id, None)  # start again from the blobs: never add an update twice
