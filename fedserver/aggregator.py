@@ -60,11 +60,13 @@ class Aggregator:
         self._thread: threading.Thread | None = None
         # Updates this process just accepted, already checked and decoded: folding them skips a blob read.
         self._fresh: dict[tuple[str, int], ModuleWeights] = {}
+        self._leading = False  # this process holds the aggregator lock; only then is `_fresh` ever read
         rounds.listeners.append(self._wake.set)
         rounds.on_accepted = self._accepted
 
     def _accepted(self, task_id: str, update_id: int, weights: ModuleWeights) -> None:
-        if len(self._fresh) < MAX_FRESH:
+        # A worker that does not aggregate would only fill `_fresh` (MAX_FRESH updates, ~80 MB at 320 KB).
+        if self._leading and len(self._fresh) < MAX_FRESH:
             self._fresh[(task_id, update_id)] = weights
         self._wake.set()
 
@@ -180,6 +182,7 @@ class Aggregator:
             while not self._stop.is_set():
                 try:
                     fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    self._leading = True
                     break
                 except BlockingIOError:
                     self._stop.wait(1.0)
