@@ -24,10 +24,11 @@ class RoundSignal:
     made here or announced by another worker (`PeerWake`), else within `poll_s` (seen through SQLite's
     `PRAGMA data_version`, then confirmed by reading the rounds: other processes' uploads wake nobody)."""
 
-    def __init__(self, rounds: Rounds, peers: PeerWake | None = None, poll_s: float = 0.01) -> None:
+    poll_s = 0.01  # how often the database is asked whether another worker changed it
+
+    def __init__(self, rounds: Rounds, peers: PeerWake | None = None) -> None:
         self.rounds = rounds
         self.peers = peers
-        self.poll_s = poll_s
         self._event = asyncio.Event()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._seen = 0
