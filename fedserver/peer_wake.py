@@ -37,8 +37,7 @@ class PeerWake:
         )
         self._name = f"{os.getpid()}-{uuid.uuid4().hex[:8]}"  # several apps may share a process (tests)
         self._sock: socket.socket | None = None
-        self._out = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-        self._out.setblocking(False)
+        self._out: socket.socket | None = None  # opened by `listen`: an app never started holds no socket
         self._peers: list[str] = []
         self._listed_at = -PEERS_TTL_S
 
@@ -51,6 +50,8 @@ class PeerWake:
         sock.bind(self._address(self._name))
         sock.setblocking(False)
         self._sock = sock
+        self._out = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        self._out.setblocking(False)
         self.folder.mkdir(exist_ok=True)
         (self.folder / self._name).touch()
 
@@ -67,10 +68,14 @@ class PeerWake:
             loop.remove_reader(self._sock.fileno())
             self._sock.close()
             (self.folder / self._name).unlink(missing_ok=True)
-        self._out.close()
+        if self._out is not None:
+            self._out.close()
 
     def notify(self) -> None:
         """Wake every other worker (one datagram each); a worker that is gone loses its marker."""
+        out = self._out
+        if out is None:
+            return
         now = time.monotonic()
         if now - self._listed_at > PEERS_TTL_S:
             self._listed_at = now
@@ -81,7 +86,7 @@ class PeerWake:
             self._peers = [n for n in names if n != self._name]
         for name in self._peers:
             try:
-                self._out.sendto(b"!", self._address(name))
+                out.sendto(b"!", self._address(name))
             except (ConnectionRefusedError, FileNotFoundError):
                 (self.folder / name).unlink(missing_ok=True)  # that worker is gone
                 self._listed_at = -PEERS_TTL_S
