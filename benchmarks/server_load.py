@@ -280,6 +280,11 @@ def main() -> None:
         "server_peak_rss_mb": round(peak_rss / 2**20, 1),
         "server_cpu_cores_busy": round(server_cpu, 2),
         "load_generator_cpu_cores_busy": round(loadgen_cpu, 2),
+        # Robust to other work on a shared machine: CPU spent per accepted upload, server and clients.
+        "server_cpu_ms_per_upload": round(1000 * server_cpu * (t_stop - t_start) / max(1, len(out["acks"])), 2),
+        "total_cpu_ms_per_upload": round(
+            1000 * (server_cpu + loadgen_cpu) * (t_stop - t_start) / max(1, len(out["acks"])), 2
+        ),
         "machine": {
             "cpu": cpu_name(),
             "logical_cores": os.cpu_count(),

@@ -24,7 +24,7 @@ from typing import Any
 from fedyolo.fedserver.fold import RoundFold, is_finite
 from fedyolo.fedserver.reports import MetricsMean
 from fedyolo.fedserver.rounds import Rounds
-from fedyolo.fedserver.store import BlobError, decode_state, encode_state
+from fedyolo.fedserver.store import BlobError, decode_state, encode_state, sha256_hex
 from fedyolo.fedserver.strategies import StrategyState
 from fedyolo.runtime.errors import ModuleWeightsError
 from fedyolo.runtime.manifest import TaskSpec
@@ -60,11 +60,13 @@ class Aggregator:
         self._thread: threading.Thread | None = None
         # Updates this process just accepted, already checked and decoded: folding them skips a blob read.
         self._fresh: dict[tuple[str, int], ModuleWeights] = {}
+        self._leading = False  # this process holds the aggregator lock; only then is `_fresh` ever read
         rounds.listeners.append(self._wake.set)
         rounds.on_accepted = self._accepted
 
     def _accepted(self, task_id: str, update_id: int, weights: ModuleWeights) -> None:
-        if len(self._fresh) < MAX_FRESH:
+        # A worker that does not aggregate would only fill `_fresh` (MAX_FRESH updates, ~80 MB at 320 KB).
+        if self._leading and len(self._fresh) < MAX_FRESH:
             self._fresh[(task_id, update_id)] = weights
         self._wake.set()
 
@@ -127,8 +129,13 @@ class Aggregator:
                     del self._folds[task_id]  # fold the rest again from their blobs
                     self.rounds.quarantine(task_id, round_id, fold.ids[worst], reason)
                     return None
-                module_blob = blobs.put(encode_module(new_weights, task))
-                state_blob = blobs.put(encode_state(new_state))  # moments and the bounds' history
+                module, state = (
+                    encode_module(new_weights, task),
+                    encode_state(new_state),
+                )  # state: moments, bounds
+                module_blob, state_blob = blobs.put_all(
+                    [(module, sha256_hex(module)), (state, sha256_hex(state))]
+                )
                 version = self.rounds.commit(task_id, round_id, module_blob, state_blob, fold.metrics.mean())
             except BaseException:
                 self._folds.pop(task_id, None)  # start again from the blobs: never add an update twice
@@ -175,6 +182,7 @@ class Aggregator:
             while not self._stop.is_set():
                 try:
                     fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    self._leading = True
                     break
                 except BlockingIOError:
                     self._stop.wait(1.0)

@@ -7,10 +7,8 @@ Every error is `{"code": ..., "detail": ...}` with a code from `errors.CODES`.
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import os
-import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import asdict
@@ -20,9 +18,7 @@ from fastapi import Depends, FastAPI, Header, Path, Query, Request, Security
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse, Response
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
-from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
-from starlette.requests import ClientDisconnect
 
 import fedyolo
 from fedyolo.fedserver.aggregator import Aggregator
@@ -30,7 +26,9 @@ from fedyolo.fedserver.clients import Clients
 from fedyolo.fedserver.config import ServerConfig
 from fedyolo.fedserver.downloads import bundle_files, check_range, not_modified
 from fedyolo.fedserver.errors import CODES, ApiError
+from fedyolo.fedserver.hot_routes import OCTET, SQLITE_INT_MAX, HotRoutes, RoundApi
 from fedyolo.fedserver.long_poll import PollReads, RoundSignal
+from fedyolo.fedserver.peer_wake import PeerWake
 from fedyolo.fedserver.recovery import recover as recover_state
 from fedyolo.fedserver.reports import round_history, server_status
 from fedyolo.fedserver.rounds import Rounds
@@ -46,13 +44,11 @@ from fedyolo.fedserver.schemas import (
     UpdateAccepted,
 )
 from fedyolo.fedserver.store import Store, start_up_errors
-from fedyolo.fedserver.uploads import Update
 from fedyolo.fedserver.web import mount_web
 from fedyolo.runtime.bundle import open_bundle
 
 log = logging.getLogger(__name__)
 
-OCTET = "application/octet-stream"
 ERRORS: dict[int | str, dict[str, Any]] = {
     status: {"model": ErrorBody, "description": ", ".join(sorted(c for c, s in CODES.items() if s == status))}
     for status in sorted(set(CODES.values()))
@@ -60,7 +56,6 @@ ERRORS: dict[int | str, dict[str, Any]] = {
 ERRORS[400] = {"model": ErrorBody, "description": "invalid_request: a body that is not JSON"}
 # Header names whose validation errors get the upload's own codes rather than invalid_request.
 HEADER_CODES = {"Fedyolo-Examples": "bad_examples", "Fedyolo-Metrics": "bad_metrics"}
-SQLITE_INT_MAX = 2**63 - 1
 UPLOAD_BODY = {
     "requestBody": {
         "required": True,
@@ -69,38 +64,6 @@ UPLOAD_BODY = {
     }
 }
 STATUS_CODES = {400: "invalid_request", 404: "not_found", 405: "method_not_allowed", 413: "payload_too_large"}
-
-
-async def _read_capped(request: Request, cap: int) -> bytes:
-    """The request body, refused as soon as it is known to exceed `cap` bytes (before it is read in full)."""
-    length = request.headers.get("content-length")
-    if length is not None and (not length.isdigit() or len(length) > 18 or int(length) > cap):
-        raise ApiError("payload_too_large", f"the update is over this task's cap of {cap} bytes")
-    chunks, total = [], 0
-    try:
-        async for chunk in request.stream():
-            total += len(chunk)
-            if total > cap:
-                raise ApiError("payload_too_large", f"the update is over this task's cap of {cap} bytes")
-            chunks.append(chunk)
-    except ClientDisconnect as e:  # gone, or cut off by the read timeout (http_limits): nobody hears this
-        raise ApiError("request_timeout", "the client went away before its update arrived whole") from e
-    return b"".join(chunks)
-
-
-def _small_int(digits: str) -> int:
-    if len(digits.lstrip("-")) > 18:
-        raise ValueError(f"a number of {len(digits)} digits")
-    return int(digits)
-
-
-def parse_metrics(text: str) -> Any:
-    """The Fedyolo-Metrics header as JSON, or ApiError(bad_metrics): never a 500 for deep nesting or huge
-    integers (json.loads recurses once per level and int() refuses over 4,300 digits)."""
-    try:
-        return json.loads(text, parse_int=_small_int)
-    except (ValueError, RecursionError) as e:
-        raise ApiError("bad_metrics", f"Fedyolo-Metrics is not a small JSON object ({str(e)[:100]})") from e
 
 
 bearer = HTTPBearer(auto_error=False, description="the client token from POST /v1/clients")
@@ -132,10 +95,10 @@ def create_app(config: ServerConfig, recover: bool = True) -> FastAPI:
         with start_up_errors(config.state_dir):
             recover_state(rounds)
     aggregator = Aggregator(rounds)
-    signal = RoundSignal(rounds)
-    seen_by_polls = PollReads(rounds)
+    signal = RoundSignal(rounds, PeerWake(config.state_dir))
     clients = Clients(store, config.enroll_key, config.max_clients)
     files = bundle_files(bundle)
+    api = RoundApi(config, rounds, signal, PollReads(rounds))
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -155,6 +118,7 @@ def create_app(config: ServerConfig, recover: bool = True) -> FastAPI:
         responses=ERRORS,
     )
     app.state.rounds = rounds
+    app.add_middleware(HotRoutes, api=api, clients=clients)  # inside the isolation headers of mount_web
     mount_web(app, client_id, config.state_dir)
     app.state.aggregator = aggregator
     app.state.clients = clients
@@ -258,21 +222,13 @@ def create_app(config: ServerConfig, recover: bool = True) -> FastAPI:
             float,
             Query(ge=0, le=1e9, description="long poll: hold the answer this long (the server caps it)"),
         ] = 0,
-    ) -> dict[str, Any]:
+    ) -> Response:
         """The task's current round and the training settings for it.
 
         With `wait_s`, the answer waits (at most that long) until a round newer than `newer_than` is
         open or the task is finished: clients wait for the others without polling.
         """
-        deadline = time.monotonic() + min(wait_s, config.max_long_poll_s)
-        info = rounds.current(task_id)
-        while not (info.status == "finished" or (info.status == "open" and info.round > newer_than)):
-            left = deadline - time.monotonic()
-            if left <= 0:
-                break
-            await signal.wait(min(left, 1.0))  # woken by any round change; re-read at least every second
-            info = seen_by_polls.current(task_id)
-        return info.to_json()
+        return await api.current_round(task_id, newer_than, wait_s)
 
     @app.get(
         "/v1/tasks/{task_id}/modules/{version}",
@@ -287,11 +243,7 @@ def create_app(config: ServerConfig, recover: bool = True) -> FastAPI:
 
         Async: the versions clients ask for are in memory; only a miss reads one blob.
         """
-        sha, body = rounds.module(task_id, version)
-        headers = {"etag": f'"{sha}"', "cache-control": "private, max-age=31536000, immutable"}
-        if not_modified(request, headers["etag"]):
-            return Response(status_code=304, headers=headers)
-        return Response(body, media_type=OCTET, headers=headers)
+        return api.module(task_id, version, request)
 
     @app.post(
         "/v1/tasks/{task_id}/rounds/{round_id}/updates",
@@ -311,15 +263,9 @@ def create_app(config: ServerConfig, recover: bool = True) -> FastAPI:
             Header(alias="Fedyolo-Examples", ge=1, le=SQLITE_INT_MAX, description="examples trained on"),
         ],
         metrics: Annotated[str, Header(alias="Fedyolo-Metrics", max_length=4096)] = "{}",
-    ) -> JSONResponse:
+    ) -> Response:
         """Upload this client's module weights for an open round; retry with the same Idempotency-Key."""
-        task = rounds.task(task_id)
-        body = await _read_capped(request, config.update_cap(task))
-        parsed = parse_metrics(metrics)
-        update = Update(client, task_id, round_id, idempotency_key, body, examples, parsed)
-        answer = await run_in_threadpool(rounds.submit, update)
-        headers = {"idempotent-replayed": "true"} if answer.replayed else None
-        return JSONResponse(answer.body, status_code=answer.status_code, headers=headers)
+        return await api.upload(request, client, task_id, round_id, idempotency_key, examples, metrics)
 
     @app.get("/v1/tasks/{task_id}/history", response_model=History, tags=["rounds"])
     def history(task_id: str, client: Client) -> dict[str, Any]:

@@ -105,6 +105,7 @@ class Rounds:
         # A round opened (or reopened) or a task finished: what long polls wait for. Accepted updates do not
         # call these: waking every waiting poll for each upload cost 32 x 32 wake-ups a round at 32 clients.
         self.round_listeners: list[Callable[[], None]] = []
+        self.peer_listeners: list[Callable[[], None]] = []  # changes made here: other workers hear of them
         self.on_accepted: Callable[[str, int, ModuleWeights], None] = lambda task_id, update_id, weights: None
         self._module_cache: dict[tuple[str, int], tuple[str, bytes]] = {}
         self._cache_lock = threading.Lock()
@@ -134,9 +135,10 @@ class Rounds:
                 listener()
         return self.generation
 
-    def _changed(self, round_moved: bool = True) -> None:
+    def _changed(self, round_moved: bool = True, tell_peers: bool = True) -> None:
         self.generation += 1
-        for listener in self.listeners + (self.round_listeners if round_moved else []):
+        peers = self.peer_listeners if tell_peers else []
+        for listener in peers + self.listeners + (self.round_listeners if round_moved else []):
             listener()
 
     def round_marks(self) -> list[tuple[str, int, str]]:
@@ -236,7 +238,9 @@ class Rounds:
         )
         if not answer.replayed:
             self.on_accepted(update.task_id, int(answer.body["update_id"]), weights)
-            self._changed(round_moved=False)  # the aggregator folds it in while the round is still open
+            # The aggregator folds it in while the round is still open; the one that closes the round wakes
+            # the other workers at once (the aggregating one may be among them), the rest wait for their polls.
+            self._changed(round_moved=False, tell_peers=bool(answer.body["round_closed"]))
         return answer
 
     # -- closing and aggregating -----------------------------------------------------------------

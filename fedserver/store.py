@@ -26,7 +26,7 @@ from safetensors.numpy import save as st_save
 
 from fedyolo.fedserver.errors import ServerConfigError
 from fedyolo.fedserver.strategies import StrategyState
-from fedyolo.runtime.durable import fsync_dir, write_atomic
+from fedyolo.runtime.durable import fsync_dir, write_atomic_all
 
 SCHEMA_VERSION = 1
 DB_NAME = "fedserver.sqlite3"
@@ -177,16 +177,23 @@ class BlobStore:
 
     def put(self, data: bytes, sha: str | None = None) -> str:
         """Store `data` durably (returns only once it is on disk) and return its sha256."""
-        sha = sha or sha256_hex(data)
-        final = self.path(sha)
-        if final.exists():  # renames are atomic: an existing name is a complete file
-            return sha
-        folder = final.parent
-        if not folder.exists():
-            folder.mkdir(exist_ok=True)
-            fsync_dir(self.root)
-        write_atomic(final, data, mode=0o666, tmp_dir=self.tmp)  # 0666 less the umask, as open() makes
-        return sha
+        return self.put_all([(data, sha or sha256_hex(data))])[0]
+
+    def put_all(self, blobs: list[tuple[bytes, str]]) -> list[str]:
+        """Store several (data, sha256) durably, their writes and fsyncs side by side; returns the shas."""
+        new: dict[Path, bytes] = {}
+        for data, sha in blobs:
+            final = self.path(sha)
+            if final.exists():  # renames are atomic: an existing name is a complete file
+                continue
+            folder = final.parent
+            if not folder.exists():
+                folder.mkdir(exist_ok=True)
+                fsync_dir(self.root)
+            new[final] = data
+        if new:  # 0666 less the umask, as open() makes
+            write_atomic_all(new, mode=0o666, tmp_dir=self.tmp)
+        return [sha for _, sha in blobs]
 
     def get(self, sha: str) -> bytes:
         """The blob's bytes, checked against its name; BlobError when it is missing or damaged."""

@@ -27,15 +27,32 @@ def write_atomic(path: Path, data: bytes, mode: int = 0o600, tmp_dir: Path | Non
     mode: the new file's permissions (before the umask). tmp_dir: where the temp file is written (on
     the same file system as `path`); by default beside it.
     """
-    tmp = (tmp_dir or path.parent) / f".{path.name}.{uuid.uuid4().hex}.tmp"
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
+    write_atomic_all({path: data}, mode, tmp_dir)
+
+
+def write_atomic_all(files: dict[Path, bytes], mode: int = 0o600, tmp_dir: Path | None = None) -> None:
+    """`write_atomic` for several files at once, each step done for all before the next: every temp is
+    written before the first fsync and every rename made before the first folder's fsync, so the file
+    system's journal carries them together (on ext4 the later fsyncs of a step find their work done)."""
+    temps = {path: (tmp_dir or path.parent) / f".{path.name}.{uuid.uuid4().hex}.tmp" for path in files}
     try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
+        handles = []
+        try:
+            for path, data in files.items():
+                f = os.fdopen(os.open(temps[path], os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode), "wb")
+                handles.append(f)
+                f.write(data)
+                f.flush()
+            for f in handles:
+                os.fsync(f.fileno())
+        finally:
+            for f in handles:
+                f.close()
+        for path, tmp in temps.items():
+            os.replace(tmp, path)
     except BaseException:
-        tmp.unlink(missing_ok=True)
+        for tmp in temps.values():
+            tmp.unlink(missing_ok=True)
         raise
-    fsync_dir(path.parent)
+    for folder in dict.fromkeys(path.parent for path in files):
+        fsync_dir(folder)
