@@ -248,8 +248,8 @@ def main() -> None:
     parser.add_argument("--out", default="benchmarks/results/step.json")
     parser.add_argument(
         "--executorch-kernels",
-        default="executorch",
-        help="kernels of the ExecuTorch program exported when the bundle has none: executorch or fedyolo",
+        default="fedyolo",
+        help="kernels of the ExecuTorch program exported when the bundle has none: fedyolo or executorch",
     )
     parser.add_argument("--worker", nargs="+", help=argparse.SUPPRESS)
     args = parser.parse_args()

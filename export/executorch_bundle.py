@@ -93,7 +93,7 @@ def export_executorch(
     rewrite: bool = True,
     show_progress: bool = True,
     wire_dtype: str = "float32",
-    kernels: str = "executorch",
+    kernels: str = "fedyolo",
 ) -> Manifest:
     """Add task `task_id`'s ExecuTorch program (batch `batch`) to the bundle at `out`."""
     if batch < 1:

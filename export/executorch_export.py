@@ -145,12 +145,13 @@ def export_program(
     max_length: int,
     image_shape: tuple[int, ...] = (),
     rewrite: bool = True,
-    kernels: str = "executorch",
+    kernels: str = "fedyolo",
 ) -> ExecutorchArtifacts:
     """The joint forward/backward program of `model` for `batch` examples, its frozen backbone tensors
     tagged into the data file `backbone` under the backbone's own parameter names. `kernels="fedyolo"`
-    runs its GEMMs, permutes and GELU on fedyolo's kernel library (`executorch_kernels`): faster, but
-    the program then loads only where that library is (the runtime's `et_kernels`)."""
+    (the default) runs its GEMMs, permutes and GELU on fedyolo's kernel library (`executorch_kernels`),
+    which fedyolo's runtime builds beside its runner; `kernels="executorch"` keeps ExecuTorch's own, for
+    stock ExecuTorch runtimes (the Android AAR), 2-3x slower."""
     check_kernels(kernels)
     from executorch.exir import EdgeCompileConfig, ExecutorchBackendConfig, to_edge
     from torch.export.experimental import _export_forward_backward

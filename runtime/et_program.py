@@ -27,6 +27,7 @@ SOURCE = Path(__file__).parent / "native" / "fedyolo_et_runner.cpp"
 LIBRARY = Path(__file__).parent / "native" / "libfedyolo_et_runner.so"
 # the C++ runtime and its kernels (optimized, with the portable ones under them): registered when loaded
 LIBRARIES = ("executorch", "executorch_kernels_optimized")
+# builds the runner and the kernel library (`et_kernels`) that default programs call
 BUILD_HINT = "build it with `python -m fedyolo.runtime.et_program build` (needs g++ and the executorch extra)"
 MAX_DIMS = 16  # ExecuTorch's kTensorDimensionLimit, as in the library's Value
 # ExecuTorch's ScalarType codes (runtime/core/portable_type/scalar_type.h)
@@ -194,3 +195,4 @@ if __name__ == "__main__":
     if sys.argv[1:] != ["build"]:
         sys.exit("usage: python -m fedyolo.runtime.et_program build")
     print(build())
+    print(et_kernels.build())  # the kernels a program exported with the default `--kernels fedyolo` calls

@@ -38,10 +38,11 @@ def export_executorch_cmd(
     kernels: Annotated[
         str,
         typer.Option(
-            help="whose kernels run the GEMMs, permutes and GELU: executorch (loads on any ExecuTorch runtime) "
-            "or fedyolo (faster: a BLAS on every core; the device needs `python -m fedyolo.runtime.et_kernels build`)"
+            help="whose kernels run the GEMMs, permutes and GELU: fedyolo (fast: a BLAS on every core; fedyolo's "
+            "runtime builds it with its runner, `make setup` or `python -m fedyolo.runtime.et_program build`) or "
+            "executorch (slower; for stock ExecuTorch runtimes, such as the Android AAR, that lack fedyolo's library)"
         ),
-    ] = "executorch",
+    ] = "fedyolo",
 ) -> None:
     """Export backbone + module as an ExecuTorch training program (and the ONNX artifacts, if the task is
     new) into a bundle; the frozen backbone's tensors go to one shared backbone.ptd."""
