@@ -26,7 +26,15 @@ from fedyolo.fedserver.clients import Clients
 from fedyolo.fedserver.config import ServerConfig
 from fedyolo.fedserver.downloads import bundle_files, check_range, not_modified
 from fedyolo.fedserver.errors import CODES, ApiError
-from fedyolo.fedserver.hot_routes import OCTET, SQLITE_INT_MAX, HotRoutes, RoundApi
+from fedyolo.fedserver.hot_routes import (
+    IDEMPOTENCY_KEY,
+    MAX_METRICS_HEADER,
+    MAX_WAIT_S,
+    OCTET,
+    SQLITE_INT_MAX,
+    HotRoutes,
+    RoundApi,
+)
 from fedyolo.fedserver.long_poll import PollReads, RoundSignal
 from fedyolo.fedserver.peer_wake import PeerWake
 from fedyolo.fedserver.recovery import recover as recover_state
@@ -220,7 +228,9 @@ def create_app(config: ServerConfig, recover: bool = True) -> FastAPI:
         newer_than: Annotated[int, Query(ge=0, le=SQLITE_INT_MAX, description="the last round you sent")] = 0,
         wait_s: Annotated[
             float,
-            Query(ge=0, le=1e9, description="long poll: hold the answer this long (the server caps it)"),
+            Query(
+                ge=0, le=MAX_WAIT_S, description="long poll: hold the answer this long (the server caps it)"
+            ),
         ] = 0,
     ) -> Response:
         """The task's current round and the training settings for it.
@@ -257,12 +267,14 @@ def create_app(config: ServerConfig, recover: bool = True) -> FastAPI:
         round_id: Annotated[int, Path(ge=1, le=SQLITE_INT_MAX)],
         request: Request,
         client: Client,
-        idempotency_key: Annotated[str, Header(alias="Idempotency-Key", min_length=8, max_length=128)],
+        idempotency_key: Annotated[
+            str, Header(alias="Idempotency-Key", min_length=IDEMPOTENCY_KEY[0], max_length=IDEMPOTENCY_KEY[1])
+        ],
         examples: Annotated[
             int,
             Header(alias="Fedyolo-Examples", ge=1, le=SQLITE_INT_MAX, description="examples trained on"),
         ],
-        metrics: Annotated[str, Header(alias="Fedyolo-Metrics", max_length=4096)] = "{}",
+        metrics: Annotated[str, Header(alias="Fedyolo-Metrics", max_length=MAX_METRICS_HEADER)] = "{}",
     ) -> Response:
         """Upload this client's module weights for an open round; retry with the same Idempotency-Key."""
         return await api.upload(request, client, task_id, round_id, idempotency_key, examples, metrics)

@@ -34,6 +34,7 @@ OCTET = "application/octet-stream"
 SQLITE_INT_MAX = 2**63 - 1
 IDEMPOTENCY_KEY = (8, 128)  # min and max length
 MAX_METRICS_HEADER = 4096
+MAX_WAIT_S = 1e9  # a long poll's `wait_s` above this is refused (the server caps the wait itself far lower)
 
 ROUND = re.compile(r"^/v1/tasks/([^/]+)/round$")
 MODULE = re.compile(r"^/v1/tasks/([^/]+)/modules/(\d{1,19})$")
@@ -163,7 +164,7 @@ class HotRoutes:
                     return None
                 newer_than = _number(query.get("newer_than", "0"), 0)
                 wait = query.get("wait_s", "0")
-                if newer_than is None or WAIT.match(wait) is None or float(wait) > 1e9:
+                if newer_than is None or WAIT.match(wait) is None or float(wait) > MAX_WAIT_S:
                     return None
                 self._client(scope)
                 return await self.api.current_round(match[1], newer_than, float(wait))
