@@ -38,12 +38,6 @@ BETAS = (0.9, 0.999)
 EPS = 1e-6
 
 
-def load_executorch() -> type[Program]:
-    """fedyolo's ExecuTorch runner (the C++ runtime, no torch), or an error saying how to get it."""
-    runner()
-    return Program
-
-
 def check_program(bundle: Bundle, task_id: str) -> TaskSpec:
     """The task, when the bundle holds its ExecuTorch program; otherwise say how to export one."""
     task = bundle.task(task_id)
@@ -66,14 +60,14 @@ class ExecutorchTrainer:
 
     def __init__(self, bundle: Bundle, task_id: str, lr: float = 1e-3, threads: int = 0) -> None:
         self.bundle = bundle
-        load = load_executorch()  # first: without it, exporting a program would not help
+        runner()  # first: without the runner library, exporting a program would not help
         self.task: TaskSpec = check_program(bundle, task_id)
         data = bundle.root / BACKBONE_DATA_FILE
         path = bundle.task_file(task_id, PROGRAM)
         if et_kernels.program_needs_kernels(path):
             et_kernels.load(threads)  # registers fedyolo's GEMM kernels before the program looks them up
         try:
-            program = load(path, data if data.is_file() else None)
+            program = Program(path, data if data.is_file() else None)
             program.load_method(METHOD)
         except ProgramError as e:
             raise BundleError(
