@@ -11,6 +11,9 @@ only between requests. So the server runs this subclass (`http=protocol(limits)`
 - every request must arrive whole (head and body) within `read_timeout_s` of its first byte (a new
   connection: of being accepted), else 408 and close: slowloris heads and trickled bodies alike;
 - over `max_connections` open connections, a new request gets 503 `server_busy` with Retry-After.
+
+It also sends each response's head with its body (`HeadWithBody`): uvicorn writes the status line and
+headers, then the body, as two sends, so every answer cost two TCP segments and woke the client twice.
 """
 
 from __future__ import annotations
@@ -96,6 +99,8 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
             self._refuse(503, "server_busy", busy, cycle=None, retry_after=1)
             return
         super().on_headers_complete()
+        if self.cycle is not None:
+            HeadWithBody.install(self.cycle)
 
     def on_body(self, body: bytes) -> None:
         if not self._refused:
@@ -145,6 +150,57 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
             cycle.disconnected = True  # the app, if it reads the body, sees the client gone
             cycle.message_event.set()
         self.transport.close()
+
+
+class HeadWithBody:
+    """A response cycle's view of the transport: the head (status line and headers) is held back and goes
+    out in one write with the first body bytes, or when the response ends without any (HEAD, 304).
+
+    Measured on the load benchmark (2-core EPYC): every answer was two `write` calls, 254 bytes of head
+    then the body, each a TCP segment that woke the client. A 100 Continue goes out at once (the client
+    waits for it before it sends the body).
+    """
+
+    def __init__(self, transport: asyncio.Transport) -> None:
+        self._transport = transport
+        self._head: bytes | None = None
+        self._head_seen = False
+
+    @classmethod
+    def install(cls, cycle: Any) -> None:
+        """Put the holder between `cycle` (uvicorn's RequestResponseCycle) and its transport."""
+        holder = cls(cycle.transport)
+        cycle.transport = holder
+        finished = cycle.on_response
+
+        def on_response() -> None:
+            holder.flush()
+            finished()
+
+        cycle.on_response = on_response
+
+    def write(self, data: bytes) -> None:
+        if not self._head_seen and not data.startswith(b"HTTP/1.1 1"):  # the head, not an interim 1xx
+            self._head_seen = True
+            self._head = data
+            return
+        if self._head is None:
+            self._transport.write(data)
+            return
+        head, self._head = self._head, None
+        self._transport.writelines([head, data])
+
+    def flush(self) -> None:
+        if self._head is not None:
+            head, self._head = self._head, None
+            self._transport.write(head)
+
+    def close(self) -> None:
+        self.flush()
+        self._transport.close()
+
+    def __getattr__(self, name: str) -> Any:  # is_closing, get_extra_info, …: the transport's own
+        return getattr(self._transport, name)
 
 
 def protocol(limits: HttpLimits) -> Any:

@@ -12,11 +12,13 @@ import time
 from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
 
 from fedyolo.fedserver.config import ServerConfig
+from fedyolo.fedserver.http_limits import HeadWithBody
 from fedyolo.fedserver.serve import serve_in_thread
 
 from .conftest import ENROLL_KEY, Api
@@ -237,3 +239,57 @@ def test_conditional_requests_and_head_on_bundle_files_follow_rfc_9110(api: Api,
     assert head.headers["content-length"] == str(size) and head.headers["etag"] == etag
     assert head_304.status_code == 304
     assert module_weak.status_code == 304
+
+
+def test_each_answer_goes_out_in_one_write_with_its_head(
+    config: ServerConfig, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Prepare: record every write of every response cycle, beneath the head holder
+    writes: list[bytes] = []
+
+    class Recorder:
+        def __init__(self, transport: Any) -> None:
+            self.transport = transport
+
+        def write(self, data: bytes) -> None:
+            writes.append(bytes(data))
+            self.transport.write(data)
+
+        def writelines(self, parts: list[bytes]) -> None:
+            writes.append(b"".join(parts))
+            self.transport.writelines(parts)
+
+        def __getattr__(self, name: str) -> Any:
+            return getattr(self.transport, name)
+
+    install = HeadWithBody.install
+
+    def recorded(cycle: Any) -> None:
+        cycle.transport = Recorder(cycle.transport)
+        install(cycle)
+
+    monkeypatch.setattr(HeadWithBody, "install", recorded)
+    with serve_in_thread(config) as url:
+        # Execute: a JSON answer, a HEAD (no body), and a request that expects 100 Continue
+        with httpx.Client(base_url=url) as http:
+            health = http.get("/healthz")
+            token = http.post("/v1/clients", json={"enroll_key": ENROLL_KEY, "name": "p"}).json()["token"]
+            auth = {"Authorization": f"Bearer {token}"}
+            head = http.head("/v1/bundle/files/manifest.json", headers=auth)
+        sock = connect(url)
+        body = json.dumps({"enroll_key": ENROLL_KEY, "name": "q"}).encode()
+        sock.sendall(
+            b"POST /v1/clients HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nExpect: 100-continue\r\n"
+            b"Connection: close\r\nContent-Length: %d\r\n\r\n" % len(body)
+        )
+        interim = sock.recv(100)
+        sock.sendall(body)
+        status, _ = answer_of(sock)
+        sock.close()
+    # Assert: one write per answer, its head and body together; the 100 Continue at once, on its own
+    assert health.status_code == 200 and head.status_code == 200 and status == 201
+    assert interim.startswith(b"HTTP/1.1 100")
+    answers = [w for w in writes if not w.startswith(b"HTTP/1.1 100")]
+    assert len(answers) == 4 and all(w.startswith(b"HTTP/1.1 ") for w in answers)
+    assert answers[0].endswith(health.content) and answers[2].endswith(b"\r\n\r\n")
+    assert len(writes) == 5
