@@ -24,7 +24,7 @@ def recover(rounds: Rounds) -> None:
     """
     for task in rounds.bundle.manifest.tasks.values():
         ensure_task(rounds, task)
-    removed = rounds.store.blobs.collect(rounds.store.referenced_blobs())
+    removed = rounds.store.collect_garbage()
     if removed:
         log.info("removed %d unreferenced blob or temp files left by an interrupted upload", removed)
     for problem in check_store(rounds):

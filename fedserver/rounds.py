@@ -232,10 +232,13 @@ class Rounds:
         except ModuleWeightsError as e:
             raise ApiError("invalid_update", str(e)) from e
         check_magnitude(weights, self.config.max_abs_weight)
-        self.store.blobs.put(update.body, sha)  # durable before the row that names it
-        answer = self.store.grouped(
-            lambda db: record(db, update, sha, metrics, self.config.min_clients, self.clock)
-        )
+        span = self.store.blobs.log.append(update.body)  # durable before the row that names it
+
+        def record_with_span(db: Any) -> Answer:
+            self.store.name_span(db, sha, span)
+            return record(db, update, sha, metrics, self.config.min_clients, self.clock)
+
+        answer = self.store.grouped(record_with_span)
         if not answer.replayed:
             self.on_accepted(update.task_id, int(answer.body["update_id"]), weights)
             # The aggregator folds it in while the round is still open; the one that closes the round wakes

@@ -1,9 +1,13 @@
 """Durable state: SQLite in WAL mode beside a content-addressed blob directory.
 
+Blobs are named by their sha256 and checked against it whenever they are read. Update bodies are
+appended to the blob log (`blob_log`, many per fsync) and found through `blob_spans`; module versions
+and strategy states, a few per round, are files `blobs/ab/abcdef…`.
+
 Write order, so that a `kill -9` at any instant loses nothing acknowledged and leaves nothing half
-done: blob to a temp file → fsync → rename to `blobs/ab/abcdef…` → fsync the folder → commit the row
-that names it → answer the client. A blob without a row is garbage (collected at start-up); a row
-always names a blob that is on disk.
+done: the blob on disk (appended and fdatasync'd, or temp file → fsync → rename → fsync the folder) →
+commit the row that names it (and the body's span, in the same transaction) → answer the client. A
+blob without a row is garbage (collected at start-up); a row always names a blob that is on disk.
 """
 
 from __future__ import annotations
@@ -24,6 +28,7 @@ import numpy as np
 from safetensors.numpy import load as st_load
 from safetensors.numpy import save as st_save
 
+from fedyolo.fedserver.blob_log import BlobLog, Span
 from fedyolo.fedserver.errors import ServerConfigError
 from fedyolo.fedserver.strategies import StrategyState
 from fedyolo.runtime.durable import fsync_dir, write_atomic_all
@@ -83,6 +88,12 @@ CREATE TABLE IF NOT EXISTS updates (
     FOREIGN KEY (task_id, round) REFERENCES rounds(task_id, round)
 );
 CREATE INDEX IF NOT EXISTS updates_round ON updates(task_id, round, id);
+CREATE TABLE IF NOT EXISTS blob_spans (       -- where in the blob log an appended blob lies
+    sha TEXT PRIMARY KEY,
+    segment TEXT NOT NULL,
+    offset INTEGER NOT NULL,
+    length INTEGER NOT NULL
+);
 CREATE TABLE IF NOT EXISTS quarantine (       -- accepted updates a round's fold set aside, kept to inspect
     id INTEGER PRIMARY KEY,                   -- the update's id when it was accepted
     task_id TEXT NOT NULL,
@@ -164,12 +175,15 @@ def _nearly_full(folder: Path, margin: int = 1 << 20) -> bool:
 
 
 class BlobStore:
-    """Immutable files named by their sha256, under `root/ab/abcdef…`."""
+    """Immutable blobs named by their sha256: appended to the log (`log`, found by `span_of`), or files
+    under `root/ab/abcdef…`."""
 
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path, span_of: Callable[[str], Span | None] = lambda sha: None) -> None:
         self.root = root
         self.tmp = root / "tmp"
         self.tmp.mkdir(parents=True, exist_ok=True)
+        self.log = BlobLog(root / "log")
+        self.span_of = span_of
         fsync_dir(root)
 
     def path(self, sha: str) -> Path:
@@ -197,12 +211,18 @@ class BlobStore:
 
     def get(self, sha: str) -> bytes:
         """The blob's bytes, checked against its name; BlobError when it is missing or damaged."""
+        span = self.span_of(sha)
+        where = self.path(sha) if span is None else self.log.root / span.segment
         try:
-            data = self.path(sha).read_bytes()
+            data = self.path(sha).read_bytes() if span is None else self.log.read(span)
         except FileNotFoundError as e:
             raise BlobError(f"blob {sha[:12]} is missing from {self.root}") from e
+        if span is not None and len(data) < span.length:
+            raise BlobError(
+                f"blob {sha[:12]} is missing from {where} (it holds {len(data)} of its {span.length} bytes)"
+            )
         if sha256_hex(data) != sha:
-            raise BlobError(f"blob {sha[:12]} is corrupt on disk ({self.path(sha)})")
+            raise BlobError(f"blob {sha[:12]} is corrupt on disk ({where})")
         return data
 
     def check(self, sha: str) -> str | None:
@@ -213,14 +233,19 @@ class BlobStore:
             return str(e)
         return None
 
-    def collect(self, keep: set[str]) -> int:
-        """Delete temp files and every blob not in `keep`; returns how many files went. Start-up only."""
+    def collect(self, keep: set[str], segments: set[str]) -> int:
+        """Delete temp files, every blob file not in `keep` and every log segment not in `segments`;
+        returns how many files went. Start-up only."""
         removed = 0
+        for segment in self.log.segments():
+            if segment not in segments:
+                self.log.remove(segment)
+                removed += 1
         for tmp in self.tmp.iterdir():
             tmp.unlink()
             removed += 1
         for folder in self.root.iterdir():
-            if folder == self.tmp or not folder.is_dir():
+            if folder in (self.tmp, self.log.root) or not folder.is_dir():
                 continue
             for blob in folder.iterdir():
                 if blob.name not in keep:
@@ -259,7 +284,7 @@ class Store:
     def _open(self, state_dir: Path) -> None:
         state_dir.mkdir(parents=True, exist_ok=True)
         self.path = state_dir / DB_NAME
-        self.blobs = BlobStore(state_dir / "blobs")
+        self.blobs = BlobStore(state_dir / "blobs", self._span_of)
         self._lock = threading.RLock()
         self._local = threading.local()
         self._readers: list[sqlite3.Connection] = []
@@ -360,14 +385,39 @@ class Store:
             for reader in self._readers:
                 reader.close()
             self._db.close()
+        self.blobs.log.close()
 
-    def referenced_blobs(self) -> set[str]:
+    def _span_of(self, sha: str) -> Span | None:
         with self.read() as db:
+            row = db.execute(
+                "SELECT segment, offset, length FROM blob_spans WHERE sha = ?", (sha,)
+            ).fetchone()
+        return None if row is None else Span(row[0], row[1], row[2])
+
+    @staticmethod
+    def name_span(db: sqlite3.Connection, sha: str, span: Span) -> None:
+        """Record where an appended blob lies, in the transaction of the row that names it (the first
+        span of a body appended twice is kept)."""
+        db.execute(
+            "INSERT OR IGNORE INTO blob_spans VALUES (?, ?, ?, ?)",
+            (sha, span.segment, span.offset, span.length),
+        )
+
+    def collect_garbage(self) -> int:
+        """Drop the blobs no row names (spans, files, whole log segments); returns the files removed.
+        Start-up only: no other process may be writing."""
+        with self.transaction() as db:
             rows = db.execute(
                 "SELECT blob FROM updates UNION SELECT blob FROM quarantine UNION SELECT blob FROM module_versions "
                 "UNION SELECT state_blob FROM module_versions WHERE state_blob IS NOT NULL"
             ).fetchall()
-        return {r[0] for r in rows}
+            keep = {r[0] for r in rows}
+            spans = db.execute("SELECT sha, segment FROM blob_spans").fetchall()
+            db.executemany(
+                "DELETE FROM blob_spans WHERE sha = ?", [(sha,) for sha, _ in spans if sha not in keep]
+            )
+        segments = {segment for sha, segment in spans if sha in keep}
+        return self.blobs.collect(keep, segments)
 
 
 def encode_state(state: StrategyState) -> bytes:

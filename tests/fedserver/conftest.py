@@ -142,10 +142,12 @@ def recompute_from_scratch(
     from fedyolo.runtime.wire import decode_module
 
     task = task_spec(bundle_dir, task_id)
-    blobs = state_dir / "blobs"
 
     def blob(sha: str) -> bytes:
-        data = (blobs / sha[:2] / sha).read_bytes()
+        path, offset, length = stored_blob(state_dir, sha)
+        with open(path, "rb") as f:
+            f.seek(offset)
+            data = f.read(length)
         assert hashlib.sha256(data).hexdigest() == sha, f"blob {sha} is corrupt"
         return data
 
@@ -166,6 +168,21 @@ def recompute_from_scratch(
         expected[round_id] = weights
     db.close()
     return expected
+
+
+def stored_blob(state_dir: Path, sha: str) -> tuple[Path, int, int]:
+    """Where a blob lies on disk, read from the database alone: (file, offset, length); a blob file
+    when no span of the blob log names it (length -1: the whole file)."""
+    import sqlite3
+
+    from fedyolo.fedserver.store import DB_NAME
+
+    db = sqlite3.connect(state_dir / DB_NAME)
+    row = db.execute("SELECT segment, offset, length FROM blob_spans WHERE sha = ?", (sha,)).fetchone()
+    db.close()
+    if row is None:
+        return state_dir / "blobs" / sha[:2] / sha, 0, -1
+    return state_dir / "blobs" / "log" / row[0], row[1], row[2]
 
 
 def stored_versions(state_dir: Path, bundle_dir: Path, task_id: str) -> dict[int, Any]:

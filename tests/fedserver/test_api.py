@@ -21,15 +21,15 @@ from .conftest import ENROLL_KEY, Api, random_module
 
 
 def snapshot(api: Api) -> dict[str, Any]:
-    """Everything a refused update must leave alone: rows of every table and the blob files."""
+    """Everything a refused update must leave alone: rows of every table and the blob files' sizes."""
     store = api.http.app.state.rounds.store
     with store.read() as db:
         tables = {
             t: db.execute(f"SELECT * FROM {t} ORDER BY 1, 2").fetchall()
-            for t in ("updates", "rounds", "module_versions", "tasks")
+            for t in ("updates", "rounds", "module_versions", "tasks", "blob_spans")
         }
     rows = {t: [tuple(r) for r in rs] for t, rs in tables.items()}
-    blobs = sorted(p.name for p in store.blobs.root.rglob("*") if p.is_file())
+    blobs = sorted((p.name, p.stat().st_size) for p in store.blobs.root.rglob("*") if p.is_file())
     return {"rows": rows, "blobs": blobs}
 
 

@@ -29,7 +29,7 @@ from fedyolo.runtime.bundle import open_bundle
 from fedyolo.runtime.plan import StrategyParams
 from fedyolo.runtime.wire import ModuleWeights, decode_module, encode_module
 
-from .conftest import ENROLL_KEY, Api, configured, task_spec
+from .conftest import ENROLL_KEY, Api, configured, stored_blob, task_spec
 
 
 def module(api: Api, version: int, auth: dict[str, str]) -> ModuleWeights:
@@ -113,7 +113,7 @@ def test_with_defaults_one_client_among_four_cannot_own_the_module(make_api: Any
 
 
 def test_a_lost_update_blob_is_set_aside_and_its_round_commits(tmp_path: Path, config: ServerConfig) -> None:
-    # Prepare: three accepted updates, one of whose blobs the disk then loses
+    # Prepare: three accepted updates; the disk then loses the end of the blob log, cutting the last short
     config = configured(config, min_clients=3)
     store = Store(config.state_dir)
     rounds = Rounds(config, open_bundle(config.bundle_dir), store)
@@ -128,15 +128,16 @@ def test_a_lost_update_blob_is_set_aside_and_its_round_commits(tmp_path: Path, c
             Update(client_id, "topics", 1, f"k{i}", encode_module(nudged(base, i), task), 10, {})
         )
         blobs.append(answer.body["sha256"])
-    store.blobs.path(blobs[1]).unlink()
+    path, offset, _ = stored_blob(config.state_dir, blobs[2])
+    os.truncate(path, offset + 10)
     # Execute
     version = Aggregator(rounds).aggregate("topics", 1)
     # Assert
     assert version == 1 and rounds.current("topics").round == 2
     with store.read() as db:
         assert db.execute("SELECT COUNT(*) FROM updates WHERE round = 1").fetchone()[0] == 2
-        (reason,) = db.execute("SELECT reason FROM quarantine").fetchone()
-    assert "missing" in reason
+        (reason, lost) = db.execute("SELECT reason, blob FROM quarantine").fetchone()
+    assert "missing" in reason and lost == blobs[2]
     store.close()
 
 
@@ -151,9 +152,10 @@ def test_the_start_up_check_sets_aside_a_damaged_blob_and_says_so(
         g = module(api, 0, auths[0])
         first = api.upload(auths[0], 1, nudged(g, 0)).json()["sha256"]
         api.upload(auths[1], 1, nudged(g, 1))
-    path = config.state_dir / "blobs" / first[:2] / first
-    os.chmod(path, 0o644)
-    path.write_bytes(path.read_bytes()[:-8] + b"damaged!")
+    path, offset, length = stored_blob(config.state_dir, first)
+    with open(path, "r+b") as f:
+        f.seek(offset + length - 8)
+        f.write(b"damaged!")
     # Execute: the server starts again; the round then fills up
     with caplog.at_level("WARNING"), TestClient(create_app(config)) as http:
         api = Api(http, task_spec(config.bundle_dir))

@@ -78,6 +78,7 @@ def test_garbage_of_an_interrupted_upload_is_collected_at_start(
     (blobs / "ff").mkdir(exist_ok=True)
     (blobs / "ff" / ("f" * 64)).write_bytes(b"orphan: written, never committed")
     (blobs / "tmp" / "abc.partial").write_bytes(b"half a file")
+    (blobs / "log" / ("e" * 32 + ".log")).write_bytes(b"appended by a process that died before its commit")
     # Execute
     restarted, api2 = open_api(config, bundle_dir)
     info = api2.round(auth)
