@@ -206,8 +206,11 @@ def main() -> None:
         t_start = time.time()
         for g in groups:
             g.start()
+        spread: list[int] = []
         while time.time() - t_start < args.seconds:
             peak_rss = max(peak_rss, sum(p.memory_info().rss for p in tree()))
+            if not spread and time.time() - t_start > args.seconds / 2:
+                spread = connections_per_worker(tree(), port)
             time.sleep(0.1)
         stop.set()
         out: dict[str, list] = {"latency": [], "acks": [], "refused": [], "polls": [], "cpu_s": []}
@@ -275,6 +278,9 @@ def main() -> None:
         "lost": lost,
         "duplicated": duplicated,
         "server_workers": args.workers,
+        # The kernel hands each client's connection to whichever worker accepts first: an uneven split
+        # leaves one worker's GIL the bottleneck (seen: 39/25 at 64 clients).
+        "connections_per_worker": spread,
         "load_generator_processes": len(groups),
         "state_dir": str(work / "state") if args.keep else None,
         "server_peak_rss_mb": round(peak_rss / 2**20, 1),
@@ -304,6 +310,20 @@ def main() -> None:
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2) + "\n")
     print(json.dumps(result, indent=2))
+
+
+def connections_per_worker(processes: list[psutil.Process], port: int) -> list[int]:
+    """Established client connections each server process holds, most first."""
+    counts = []
+    for p in processes:
+        try:
+            conns = p.net_connections(kind="tcp")
+        except psutil.Error:
+            continue
+        n = sum(1 for c in conns if c.status == psutil.CONN_ESTABLISHED and c.laddr and c.laddr.port == port)
+        if n:
+            counts.append(n)
+    return sorted(counts, reverse=True)
 
 
 def _cpu(processes: list[psutil.Process]) -> float:
