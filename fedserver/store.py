@@ -81,7 +81,7 @@ CREATE TABLE IF NOT EXISTS updates (
     examples INTEGER NOT NULL,
     metrics TEXT NOT NULL,
     status_code INTEGER NOT NULL,
-    response TEXT NOT NULL,                   -- the JSON first answered: a retry gets it back unchanged
+    response TEXT NOT NULL,                   -- the first answer less its update_id (this id): a retry gets it back
     received_at REAL NOT NULL,
     UNIQUE (client_id, idempotency_key),
     UNIQUE (task_id, round, client_id),

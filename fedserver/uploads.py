@@ -69,9 +69,9 @@ def replay(db: Any, update: Update, sha: str) -> Answer | None:
     The same key for a different update is ApiError(idempotency_conflict).
     """
     prior = db.execute(
-        "SELECT task_id, round, blob, status_code, response FROM updates "
+        "SELECT id, task_id, round, blob, status_code, response FROM updates "
         "WHERE client_id = ? AND idempotency_key = ? UNION ALL "
-        "SELECT task_id, round, blob, status_code, response FROM quarantine "
+        "SELECT id, task_id, round, blob, status_code, response FROM quarantine "
         "WHERE client_id = ? AND idempotency_key = ?",
         (update.client_id, update.idempotency_key) * 2,
     ).fetchone()
@@ -82,14 +82,27 @@ def replay(db: Any, update: Update, sha: str) -> Answer | None:
             "idempotency_conflict",
             "this idempotency key was already used for a different update; use a new key per update",
         )
-    return Answer(prior["status_code"], json.loads(prior["response"]), replayed=True)
+    # The stored answer is the first one without its update_id, which is the row's own id (rows written
+    # before 2026-11-30 hold it too, equal).
+    return Answer(
+        prior["status_code"], {"update_id": prior["id"]} | json.loads(prior["response"]), replayed=True
+    )
 
 
-def check_round(db: Any, update: Update) -> None:
-    """The update's round is the task's open one and has nothing from this client yet, or ApiError."""
+def check_round(db: Any, update: Update, count: bool = False) -> int:
+    """The update's round is the task's open one and has nothing from this client yet, or ApiError;
+    returns how many updates the round holds when `count` (else 0). One statement: it runs twice per upload."""
+    held = (
+        "(SELECT COUNT(*) FROM updates u WHERE u.task_id = r.task_id AND u.round = r.round)" if count else "0"
+    )
     row = db.execute(
-        "SELECT round, status FROM rounds WHERE task_id = ? ORDER BY round DESC LIMIT 1",
-        (update.task_id,),
+        f"SELECT r.round, r.status, {held} AS held, "
+        "EXISTS (SELECT 1 FROM updates u WHERE u.task_id = r.task_id AND u.round = r.round "
+        "AND u.client_id = ?) AS seen, "
+        "(SELECT reason FROM quarantine q WHERE q.task_id = r.task_id AND q.round = r.round "
+        "AND q.client_id = ?) AS set_aside "
+        "FROM rounds r WHERE r.task_id = ? ORDER BY r.round DESC LIMIT 1",
+        (update.client_id, update.client_id, update.task_id),
     ).fetchone()
     if row["status"] == "committed":
         raise ApiError("task_finished", f"every round of task {update.task_id!r} is done")
@@ -99,22 +112,15 @@ def check_round(db: Any, update: Update) -> None:
             f"round {update.round} of task {update.task_id!r} is not open (round {row['round']} is "
             f"{row['status']}); get the current round and train again",
         )
-    seen = db.execute(
-        "SELECT 1 FROM updates WHERE task_id = ? AND round = ? AND client_id = ?",
-        (update.task_id, update.round, update.client_id),
-    ).fetchone()
-    if seen is not None:
+    if row["seen"]:
         raise ApiError("already_submitted", f"this client already sent an update for round {update.round}")
-    set_aside = db.execute(
-        "SELECT reason FROM quarantine WHERE task_id = ? AND round = ? AND client_id = ?",
-        (update.task_id, update.round, update.client_id),
-    ).fetchone()
-    if set_aside is not None:
+    if row["set_aside"] is not None:
         raise ApiError(
             "update_quarantined",
-            f"this client's update for round {update.round} was set aside ({set_aside[0]}); "
+            f"this client's update for round {update.round} was set aside ({row['set_aside']}); "
             "take part again from the next round",
         )
+    return int(row["held"])
 
 
 def record(
@@ -133,26 +139,10 @@ def record(
     prior = replay(db, update, sha)  # a retry of the same key may have raced this one
     if prior is not None:
         return prior
-    check_round(db, update)
-    count = (
-        1
-        + db.execute(
-            "SELECT COUNT(*) FROM updates WHERE task_id = ? AND round = ?", (update.task_id, update.round)
-        ).fetchone()[0]
-    )
+    count = 1 + check_round(db, update, count=True)
     closes = count >= min_clients
     now = clock()
-    cursor = db.execute(
-        "INSERT INTO updates (task_id, round, client_id, idempotency_key, blob, body_bytes, "
-        "examples, metrics, status_code, response, received_at) "
-        "VALUES (?, ?, ?, ?, ?, ?, ?, ?, 201, '', ?)",
-        (
-            update.task_id, update.round, update.client_id, update.idempotency_key, sha,
-            len(update.body), update.examples, json.dumps(metrics), now,
-        ),
-    )  # fmt: skip
-    body = {
-        "update_id": cursor.lastrowid,
+    answer = {
         "task": update.task_id,
         "round": update.round,
         "examples": update.examples,
@@ -160,7 +150,16 @@ def record(
         "round_updates": count,
         "round_closed": closes,
     }
-    db.execute("UPDATE updates SET response = ? WHERE id = ?", (json.dumps(body), cursor.lastrowid))
+    cursor = db.execute(
+        "INSERT INTO updates (task_id, round, client_id, idempotency_key, blob, body_bytes, "
+        "examples, metrics, status_code, response, received_at) "
+        "VALUES (?, ?, ?, ?, ?, ?, ?, ?, 201, ?, ?)",
+        (
+            update.task_id, update.round, update.client_id, update.idempotency_key, sha,
+            len(update.body), update.examples, json.dumps(metrics), json.dumps(answer), now,
+        ),
+    )  # fmt: skip
+    body = {"update_id": cursor.lastrowid} | answer
     if closes:
         db.execute(
             "UPDATE rounds SET status = 'aggregating', closed_at = ? WHERE task_id = ? AND round = ?",
