@@ -24,7 +24,7 @@ from typing import Any
 from fedyolo.fedserver.fold import RoundFold, is_finite
 from fedyolo.fedserver.reports import MetricsMean
 from fedyolo.fedserver.rounds import Rounds
-from fedyolo.fedserver.store import BlobError, decode_state, encode_state, sha256_hex
+from fedyolo.fedserver.store import BlobError, decode_state, encode_state
 from fedyolo.fedserver.strategies import StrategyState
 from fedyolo.runtime.errors import ModuleWeightsError
 from fedyolo.runtime.manifest import TaskSpec
@@ -133,10 +133,10 @@ class Aggregator:
                     encode_module(new_weights, task),
                     encode_state(new_state),
                 )  # state: moments, bounds
-                module_blob, state_blob = blobs.put_all(
-                    [(module, sha256_hex(module)), (state, sha256_hex(state))]
+                spans = blobs.append([module, state])
+                version = self.rounds.commit(
+                    task_id, round_id, spans[0][0], spans[1][0], fold.metrics.mean(), spans, module
                 )
-                version = self.rounds.commit(task_id, round_id, module_blob, state_blob, fold.metrics.mean())
             except BaseException:
                 self._folds.pop(task_id, None)  # start again from the blobs: never add an update twice
                 self._fresh.clear()

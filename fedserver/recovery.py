@@ -51,8 +51,10 @@ def ensure_task(rounds: Rounds, task: TaskSpec) -> None:
     if row is None:
         raw = rounds.bundle.task_file(task.task_id, MODULE_WEIGHTS).read_bytes()
         body = encode_module(decode_module(raw, task), task)
-        blob = rounds.store.blobs.put(body)
+        spans = rounds.store.blobs.append([body])
+        blob = spans[0][0]
         with rounds.store.transaction() as db:
+            rounds.store.name_spans(db, spans)
             db.execute("INSERT INTO tasks VALUES (?, ?, ?)", (task.task_id, spec, now))
             db.execute(
                 "INSERT INTO module_versions VALUES (?, 0, ?, NULL, NULL, ?)", (task.task_id, blob, now)

@@ -22,6 +22,7 @@ from typing import Any
 
 import numpy as np
 
+from fedyolo.fedserver.blob_log import Span
 from fedyolo.fedserver.config import ServerConfig
 from fedyolo.fedserver.errors import ApiError
 from fedyolo.fedserver.store import UPDATE_COLUMNS, Store, sha256_hex
@@ -205,11 +206,14 @@ class Rounds:
         if row is None:
             raise ApiError("unknown_version", f"task {task_id!r} has no module version {version} (yet)")
         entry = (row[0], self.store.blobs.get(row[0]))
+        self._cache_module(key, entry)
+        return entry
+
+    def _cache_module(self, key: tuple[str, int], entry: tuple[str, bytes]) -> None:
         with self._cache_lock:
             if len(self._module_cache) >= 4 * max(1, len(self.bundle.manifest.tasks)):
                 self._module_cache.pop(next(iter(self._module_cache)))
             self._module_cache[key] = entry
-        return entry
 
     # -- uploads ---------------------------------------------------------------------------------
 
@@ -235,7 +239,7 @@ class Rounds:
         span = self.store.blobs.log.append(update.body)  # durable before the row that names it
 
         def record_with_span(db: Any) -> Answer:
-            self.store.name_span(db, sha, span)
+            self.store.name_spans(db, [(sha, span)])
             return record(db, update, sha, metrics, self.config.min_clients, self.clock)
 
         answer = self.store.grouped(record_with_span)
@@ -278,9 +282,17 @@ class Rounds:
         return closed
 
     def commit(
-        self, task_id: str, round_id: int, module_blob: str, state_blob: str | None, metrics: dict[str, float]
+        self,
+        task_id: str,
+        round_id: int,
+        module_blob: str,
+        state_blob: str | None,
+        metrics: dict[str, float],
+        spans: list[tuple[str, Span]] | None = None,
+        module: bytes | None = None,
     ) -> int | None:
-        """In ONE transaction: the new module version, the round committed, the next round open.
+        """In ONE transaction: the new module version (and the `spans` of its blobs, appended to the blob
+        log), the round committed, the next round open. `module`, the version's bytes, is served from memory.
 
         Returns the new version, or None when the round was not waiting for this (already committed).
         """
@@ -292,6 +304,7 @@ class Rounds:
             if row is None or row["status"] != "aggregating":
                 return None
             version = int(row["base_version"]) + 1
+            self.store.name_spans(db, spans or [])
             db.execute(
                 "INSERT INTO module_versions VALUES (?, ?, ?, ?, ?, ?)",
                 (task_id, version, module_blob, state_blob, round_id, now),
@@ -303,6 +316,8 @@ class Rounds:
             )
             if round_id < self.config.rounds:
                 self.open_round(db, task_id, round_id + 1, version, now)
+        if module is not None:  # every client asks for it next: no read back from disk
+            self._cache_module((task_id, version), (module_blob, module))
         self._changed()
         return version
 

@@ -31,7 +31,7 @@ from safetensors.numpy import save as st_save
 from fedyolo.fedserver.blob_log import BlobLog, Span
 from fedyolo.fedserver.errors import ServerConfigError
 from fedyolo.fedserver.strategies import StrategyState
-from fedyolo.runtime.durable import fsync_dir, write_atomic_all
+from fedyolo.runtime.durable import fsync_dir
 
 SCHEMA_VERSION = 1
 DB_NAME = "fedserver.sqlite3"
@@ -189,25 +189,12 @@ class BlobStore:
     def path(self, sha: str) -> Path:
         return self.root / sha[:2] / sha
 
-    def put(self, data: bytes, sha: str | None = None) -> str:
-        """Store `data` durably (returns only once it is on disk) and return its sha256."""
-        return self.put_all([(data, sha or sha256_hex(data))])[0]
-
-    def put_all(self, blobs: list[tuple[bytes, str]]) -> list[str]:
-        """Store several (data, sha256) durably, their writes and fsyncs side by side; returns the shas."""
-        new: dict[Path, bytes] = {}
-        for data, sha in blobs:
-            final = self.path(sha)
-            if final.exists():  # renames are atomic: an existing name is a complete file
-                continue
-            folder = final.parent
-            if not folder.exists():
-                folder.mkdir(exist_ok=True)
-                fsync_dir(self.root)
-            new[final] = data
-        if new:  # 0666 less the umask, as open() makes
-            write_atomic_all(new, mode=0o666, tmp_dir=self.tmp)
-        return [sha for _, sha in blobs]
+    def append(self, blobs: list[bytes]) -> list[tuple[str, Span]]:
+        """Append `blobs` to the log durably (one write, one fdatasync); (sha256, span) of each, for
+        `Store.name_spans` in the transaction of the row that names them."""
+        return [
+            (sha256_hex(data), span) for data, span in zip(blobs, self.log.append_all(blobs), strict=True)
+        ]
 
     def get(self, sha: str) -> bytes:
         """The blob's bytes, checked against its name; BlobError when it is missing or damaged."""
@@ -395,12 +382,12 @@ class Store:
         return None if row is None else Span(row[0], row[1], row[2])
 
     @staticmethod
-    def name_span(db: sqlite3.Connection, sha: str, span: Span) -> None:
-        """Record where an appended blob lies, in the transaction of the row that names it (the first
-        span of a body appended twice is kept)."""
-        db.execute(
+    def name_spans(db: sqlite3.Connection, spans: list[tuple[str, Span]]) -> None:
+        """Record where appended blobs lie, in the transaction of the row that names them (the first
+        span of a blob appended twice is kept)."""
+        db.executemany(
             "INSERT OR IGNORE INTO blob_spans VALUES (?, ?, ?, ?)",
-            (sha, span.segment, span.offset, span.length),
+            [(sha, span.segment, span.offset, span.length) for sha, span in spans],
         )
 
     def collect_garbage(self) -> int:

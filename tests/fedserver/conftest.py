@@ -144,10 +144,7 @@ def recompute_from_scratch(
     task = task_spec(bundle_dir, task_id)
 
     def blob(sha: str) -> bytes:
-        path, offset, length = stored_blob(state_dir, sha)
-        with open(path, "rb") as f:
-            f.seek(offset)
-            data = f.read(length)
+        data = read_blob(state_dir, sha)
         assert hashlib.sha256(data).hexdigest() == sha, f"blob {sha} is corrupt"
         return data
 
@@ -185,6 +182,13 @@ def stored_blob(state_dir: Path, sha: str) -> tuple[Path, int, int]:
     return state_dir / "blobs" / "log" / row[0], row[1], row[2]
 
 
+def read_blob(state_dir: Path, sha: str) -> bytes:
+    path, offset, length = stored_blob(state_dir, sha)
+    with open(path, "rb") as f:
+        f.seek(offset)
+        return f.read(length)
+
+
 def stored_versions(state_dir: Path, bundle_dir: Path, task_id: str) -> dict[int, Any]:
     """The module versions the server committed, by the round that made them."""
     import sqlite3
@@ -199,7 +203,7 @@ def stored_versions(state_dir: Path, bundle_dir: Path, task_id: str) -> dict[int
         (task_id,),
     ).fetchall()
     db.close()
-    return {r: decode_module((state_dir / "blobs" / sha[:2] / sha).read_bytes(), task) for r, sha in rows}
+    return {r: decode_module(read_blob(state_dir, sha), task) for r, sha in rows}
 
 
 def assert_rounds_consistent(state_dir: Path, rounds_total: int) -> None:
