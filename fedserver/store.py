@@ -1,13 +1,14 @@
 """Durable state: SQLite in WAL mode beside a content-addressed blob directory.
 
-Blobs are named by their sha256 and checked against it whenever they are read. Update bodies are
-appended to the blob log (`blob_log`, many per fsync) and found through `blob_spans`; module versions
-and strategy states, a few per round, are files `blobs/ab/abcdef…`.
+Blobs (update bodies, module versions, strategy states) are named by their sha256 and checked against
+it whenever they are read. They are appended to the blob log (`blob_log`: many per fdatasync) and found
+through `blob_spans`; state dirs written before 2026-11-30 also hold blobs as files `blobs/ab/abcdef…`,
+which are read as before.
 
 Write order, so that a `kill -9` at any instant loses nothing acknowledged and leaves nothing half
-done: the blob on disk (appended and fdatasync'd, or temp file → fsync → rename → fsync the folder) →
-commit the row that names it (and the body's span, in the same transaction) → answer the client. A
-blob without a row is garbage (collected at start-up); a row always names a blob that is on disk.
+done: the blob appended and fdatasync'd → commit the row that names it and the blob's span in one
+transaction → answer the client. A blob without a row is garbage (collected at start-up); a row
+always names a blob that is on disk.
 """
 
 from __future__ import annotations
@@ -180,7 +181,7 @@ class BlobStore:
 
     def __init__(self, root: Path, span_of: Callable[[str], Span | None] = lambda sha: None) -> None:
         self.root = root
-        self.tmp = root / "tmp"
+        self.tmp = root / "tmp"  # temp files of blob files, as written before the log: collected only
         self.tmp.mkdir(parents=True, exist_ok=True)
         self.log = BlobLog(root / "log")
         self.span_of = span_of
@@ -203,7 +204,7 @@ class BlobStore:
         try:
             data = self.path(sha).read_bytes() if span is None else self.log.read(span)
         except FileNotFoundError as e:
-            raise BlobError(f"blob {sha[:12]} is missing from {self.root}") from e
+            raise BlobError(f"blob {sha[:12]} is missing ({where} is gone)") from e
         if span is not None and len(data) < span.length:
             raise BlobError(
                 f"blob {sha[:12]} is missing from {where} (it holds {len(data)} of its {span.length} bytes)"
