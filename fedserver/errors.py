@@ -32,6 +32,7 @@ CODES: dict[str, int] = {
     "headers_too_large": 431,  # the request line and headers are over the server's cap
     "too_many_attempts": 429,  # too many wrong enrollment keys from this address: wait Retry-After seconds
     "server_busy": 503,  # too many open connections: try again after Retry-After seconds
+    "storage_unavailable": 503,  # the server's disk refused the update (full, read-only, failing): retry later
 }
 
 

@@ -14,9 +14,11 @@ from __future__ import annotations
 
 import json
 import logging
+import sqlite3
 import threading
 import time
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, fields
 from typing import Any
 
@@ -79,6 +81,27 @@ def check_magnitude(weights: ModuleWeights, max_abs: float) -> None:
                 f"tensor {name!r} holds a value of magnitude {peak:.3g}; this server accepts at most "
                 f"{max_abs:g} (the operator sets it with --max-abs-weight)",
             )
+
+
+STORAGE_RETRY_AFTER_S = 60
+
+
+@contextmanager
+def storage_errors() -> Iterator[None]:
+    """A disk that refuses an update (full, read-only, failing) is ApiError(storage_unavailable), 503 with
+    Retry-After, naming the cause: nothing of the update was kept (the log's end and the transaction are
+    undone), and both clients retry a 503 later."""
+    try:
+        yield
+    except (OSError, sqlite3.OperationalError) as e:
+        cause = e.strerror if isinstance(e, OSError) and e.strerror else str(e)
+        log.error("an update could not be stored: %s", cause)
+        raise ApiError(
+            "storage_unavailable",
+            f"the server could not store the update ({cause}); nothing of it was kept, send it again "
+            "later (the operator must free space on, or repair, the server's disk)",
+            headers={"retry-after": str(STORAGE_RETRY_AFTER_S)},
+        ) from e
 
 
 def spec_sha256(task: TaskSpec) -> str:
@@ -236,13 +259,14 @@ class Rounds:
         except ModuleWeightsError as e:
             raise ApiError("invalid_update", str(e)) from e
         check_magnitude(weights, self.config.max_abs_weight)
-        span = self.store.blobs.log.append(update.body)  # durable before the row that names it
+        with storage_errors():
+            span = self.store.blobs.log.append(update.body)  # durable before the row that names it
 
-        def record_with_span(db: Any) -> Answer:
-            self.store.name_spans(db, [(sha, span)])
-            return record(db, update, sha, metrics, self.config.min_clients, self.clock)
+            def record_with_span(db: Any) -> Answer:
+                self.store.name_spans(db, [(sha, span)])
+                return record(db, update, sha, metrics, self.config.min_clients, self.clock)
 
-        answer = self.store.grouped(record_with_span)
+            answer = self.store.grouped(record_with_span)
         if not answer.replayed:
             self.on_accepted(update.task_id, int(answer.body["update_id"]), weights)
             # The aggregator folds it in while the round is still open; the one that closes the round wakes

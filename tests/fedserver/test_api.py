@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import math
@@ -13,6 +14,7 @@ import numpy as np
 import pytest
 from safetensors.numpy import save as st_save
 
+from fedyolo.fedserver import blob_log
 from fedyolo.fedserver.store import DB_NAME
 from fedyolo.runtime.plan import PlanError
 from fedyolo.runtime.wire import decode_module, encode_module
@@ -114,6 +116,35 @@ def test_stale_round_is_409_and_changes_nothing(api: Api) -> None:
     assert (old.status_code, old.json()["code"]) == (409, "stale_round")
     assert (future.status_code, future.json()["code"]) == (409, "stale_round")
     assert snapshot(api) == before
+
+
+@pytest.mark.parametrize("failing", ["pwritev", "fdatasync"])
+def test_a_full_disk_is_503_with_retry_after_and_keeps_nothing_of_the_update(
+    api: Api, failing: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Prepare: one update stored, then the disk fills up (the blob log's write or its sync fails once)
+    a, b = api.register(), api.register()
+    api.upload(a, 1, random_module(api.task, 1))
+    before = snapshot(api)
+    real = getattr(blob_log.os, failing)
+    failures = [OSError(errno.ENOSPC, "No space left on device")]
+
+    def full(*args: Any) -> Any:
+        if failures:
+            raise failures.pop()
+        return real(*args)
+
+    monkeypatch.setattr(blob_log.os, failing, full)
+    key = "full-disk-key-1"
+    # Execute: the upload while full, then the same upload again once there is space
+    refused = api.upload(b, 1, random_module(api.task, 2), key=key)
+    after_refusal = snapshot(api)
+    retried = api.upload(b, 1, random_module(api.task, 2), key=key)
+    # Assert
+    assert (refused.status_code, refused.json()["code"]) == (503, "storage_unavailable")
+    assert "No space left on device" in refused.json()["detail"] and refused.headers["retry-after"] == "60"
+    assert after_refusal["rows"] == before["rows"]
+    assert retried.status_code == 201 and retried.json()["round_updates"] == 2
 
 
 def bad_bodies(api: Api) -> dict[str, tuple[bytes, dict[str, Any]]]:
