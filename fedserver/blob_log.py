@@ -89,7 +89,7 @@ class BlobLog:
                 self._start_segment()
             assert self._segment is not None
             _pwrite_all(self._fd, [item.data for item in batch], self._end)
-            os.fdatasync(self._fd)
+            _datasync(self._fd)
             offset = self._end
             for item in batch:
                 item.span = Span(self._segment, offset, len(item.data))
@@ -142,11 +142,21 @@ class BlobLog:
             self._readers.clear()
 
 
+def _datasync(fd: int) -> None:
+    """fdatasync where the platform has it (Linux); fsync elsewhere (macOS)."""
+    sync = getattr(os, "fdatasync", None) or os.fsync
+    sync(fd)
+
+
 def _pwrite_all(fd: int, buffers: list[bytes], offset: int) -> None:
-    """Every buffer at `offset` onward, in order, resuming after a short write."""
+    """Every buffer at `offset` onward, in order, resuming after a short write (`pwrite` one buffer at a
+    time where the platform has no `pwritev`)."""
     views = [memoryview(b) for b in buffers]
     while views:
-        written = os.pwritev(fd, views[:IOV_MAX], offset)
+        if hasattr(os, "pwritev"):
+            written = os.pwritev(fd, views[:IOV_MAX], offset)
+        else:
+            written = os.pwrite(fd, views[0], offset)
         if written <= 0:
             raise OSError(f"pwritev wrote {written} bytes")
         offset += written

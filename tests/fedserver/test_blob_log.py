@@ -106,3 +106,17 @@ def test_a_short_write_is_resumed(tmp_path: Path, monkeypatch: pytest.MonkeyPatc
     # Assert
     assert log.read(span) == b"x" * 2500 + b"y" * 10
     log.close()
+
+
+def test_without_pwritev_and_fdatasync_as_on_macos_the_log_still_works(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Prepare: a platform whose os module has neither (macOS has no fdatasync; older Pythons no pwritev)
+    monkeypatch.delattr(blob_log.os, "pwritev")
+    monkeypatch.delattr(blob_log.os, "fdatasync")
+    log = BlobLog(tmp_path / "log")
+    # Execute
+    spans = log.append_all([b"a" * 70_000, b"b" * 5, b"c" * 3])
+    # Assert
+    assert [log.read(span) for span in spans] == [b"a" * 70_000, b"b" * 5, b"c" * 3]
+    log.close()
