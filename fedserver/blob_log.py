@@ -1,5 +1,5 @@
-"""Blobs (update bodies, module versions) appended to log files, many to one `fdatasync` (group commit),
-instead of a file each.
+"""Blobs (update bodies, module versions, strategy states) appended to log files, many to one
+`fdatasync` (group commit), instead of a file each.
 
 A file per update cost, on this project's 2-core EPYC (ext4), a new inode, a temp name, a rename and two
 fsyncs (the file's and its folder's): 0.7 ms of CPU and 2 ms of disk wait per 320 KB upload alone, and
@@ -9,9 +9,9 @@ end in one `pwritev`, makes them durable with one `fdatasync`, and hands each it
 
 Each process appends to a segment of its own (`log/<random>.log`), so server workers never interleave.
 The span goes into the database in the same transaction as the row that names the body
-(`Store.name_span`): a body whose row never committed (a crash, a refused update) is garbage at the end
+(`Store.name_spans`): a body whose row never committed (a crash, a refused update) is garbage at the end
 of a segment, never read; a failed write leaves the log's end where it was, and the next batch writes
-over it. Segments no row names any more go at start-up (`collect`).
+over it. Segments no row names any more go at start-up (`Store.collect_garbage`).
 """
 
 from __future__ import annotations
