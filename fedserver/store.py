@@ -112,6 +112,11 @@ CREATE TABLE IF NOT EXISTS quarantine (       -- accepted updates a round's fold
     quarantined_at REAL NOT NULL
 );
 """
+# Every blob a row names (NULL state blobs left out: `NOT IN` a list holding NULL matches nothing).
+REFERENCED_BLOBS = (
+    "SELECT blob FROM updates UNION SELECT blob FROM quarantine UNION SELECT blob FROM module_versions "
+    "UNION SELECT state_blob FROM module_versions WHERE state_blob IS NOT NULL"
+)
 UPDATE_COLUMNS = (
     "id, task_id, round, client_id, idempotency_key, blob, body_bytes, examples, metrics, status_code, "
     "response, received_at"
@@ -395,16 +400,9 @@ class Store:
         """Drop the blobs no row names (spans, files, whole log segments); returns the files removed.
         Start-up only: no other process may be writing."""
         with self.transaction() as db:
-            rows = db.execute(
-                "SELECT blob FROM updates UNION SELECT blob FROM quarantine UNION SELECT blob FROM module_versions "
-                "UNION SELECT state_blob FROM module_versions WHERE state_blob IS NOT NULL"
-            ).fetchall()
-            keep = {r[0] for r in rows}
-            spans = db.execute("SELECT sha, segment FROM blob_spans").fetchall()
-            db.executemany(
-                "DELETE FROM blob_spans WHERE sha = ?", [(sha,) for sha, _ in spans if sha not in keep]
-            )
-        segments = {segment for sha, segment in spans if sha in keep}
+            keep = {r[0] for r in db.execute(REFERENCED_BLOBS)}
+            db.execute(f"DELETE FROM blob_spans WHERE sha NOT IN ({REFERENCED_BLOBS})")
+            segments = {r[0] for r in db.execute("SELECT DISTINCT segment FROM blob_spans")}
         return self.blobs.collect(keep, segments)
 
 
