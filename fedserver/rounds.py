@@ -259,14 +259,13 @@ class Rounds:
         except ModuleWeightsError as e:
             raise ApiError("invalid_update", str(e)) from e
         check_magnitude(weights, self.config.max_abs_weight)
-        with storage_errors():
-            span = self.store.blobs.log.append(update.body)  # durable before the row that names it
+        with storage_errors():  # the body is durable before the row that names it, both in one group
 
-            def record_with_span(db: Any) -> Answer:
-                self.store.name_spans(db, [(sha, span)])
+            def record_with_span(db: Any, spans: list[Span]) -> Answer:
+                self.store.name_spans(db, [(sha, spans[0])])
                 return record(db, update, sha, metrics, self.config.min_clients, self.clock)
 
-            answer = self.store.grouped(record_with_span)
+            answer = self.store.grouped(record_with_span, [update.body])
         if not answer.replayed:
             self.on_accepted(update.task_id, int(answer.body["update_id"]), weights)
             # The aggregator folds it in while the round is still open; the one that closes the round wakes

@@ -20,7 +20,7 @@ import shutil
 import sqlite3
 import struct
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, TypeVar, cast
@@ -251,10 +251,11 @@ T = TypeVar("T")
 
 
 class _Work:
-    """A piece of a group commit and, once done, its result or error."""
+    """A piece of a group commit, the blobs it appends, and once done its result or error."""
 
-    def __init__(self, work: Callable[[sqlite3.Connection], Any]) -> None:
+    def __init__(self, work: Callable[[sqlite3.Connection, list[Span]], Any], blobs: list[bytes]) -> None:
         self.work = work
+        self.blobs = blobs
         self.result: Any = None
         self.error: BaseException | None = None
         self.done = False
@@ -309,14 +310,17 @@ class Store:
                 raise
             self._db.execute("COMMIT")
 
-    def grouped(self, work: Callable[[sqlite3.Connection], T]) -> T:
-        """Run `work` in a transaction shared with whatever other threads are waiting: one fsync for all.
+    def grouped(self, work: Callable[[sqlite3.Connection, list[Span]], T], blobs: Sequence[bytes] = ()) -> T:
+        """Append `blobs` to the blob log and run `work(db, their spans)` in a transaction, both shared with
+        whatever other threads are waiting: one `pwritev`, one `fdatasync` and one commit for them all.
 
-        Group commit: the thread that gets the writer lock runs every queued piece of work, each in its
-        own SAVEPOINT (an exception undoes that piece only and is raised in its own thread), then
-        COMMITs once. No thread returns before the COMMIT that holds its work is on disk.
+        Group commit: the thread that gets the writer lock first writes every queued blob (durable before
+        any row names it), then runs every queued piece of work, each in its own SAVEPOINT (an exception
+        undoes that piece only and is raised in its own thread), then COMMITs once. No thread returns
+        before the COMMIT that holds its work is on disk. A log write that fails fails the whole batch,
+        with nothing recorded.
         """
-        item = _Work(work)
+        item = _Work(work, list(blobs))
         with self._queue_lock:
             self._queue.append(item)
         with self._lock:
@@ -331,11 +335,14 @@ class Store:
     def _run_batch(self, batch: list[_Work]) -> None:
         db = self._db
         try:
+            bodies = [blob for item in batch for blob in item.blobs]
+            spans = self.blobs.log.append_all(bodies) if bodies else []
             db.execute("BEGIN IMMEDIATE")
             for item in batch:
+                mine, spans = spans[: len(item.blobs)], spans[len(item.blobs) :]
                 db.execute("SAVEPOINT work")
                 try:
-                    item.result = item.work(db)
+                    item.result = item.work(db, mine)
                     db.execute("RELEASE work")
                 except Exception as e:
                     db.execute("ROLLBACK TO work")
