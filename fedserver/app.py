@@ -19,6 +19,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse, Response
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.types import Receive, Scope, Send
 
 import fedyolo
 from fedyolo.fedserver.aggregator import Aggregator
@@ -28,6 +29,7 @@ from fedyolo.fedserver.downloads import bundle_files, check_range, not_modified
 from fedyolo.fedserver.errors import CODES, ApiError
 from fedyolo.fedserver.hot_routes import (
     IDEMPOTENCY_KEY,
+    INTERNAL,
     MAX_METRICS_HEADER,
     MAX_WAIT_S,
     OCTET,
@@ -52,7 +54,7 @@ from fedyolo.fedserver.schemas import (
     UpdateAccepted,
 )
 from fedyolo.fedserver.store import Store, start_up_errors
-from fedyolo.fedserver.web import mount_web
+from fedyolo.fedserver.web import ISOLATION, mount_web
 from fedyolo.runtime.bundle import open_bundle
 
 log = logging.getLogger(__name__)
@@ -91,6 +93,22 @@ async def client_id(
 Client = Annotated[int, Depends(client_id)]
 
 
+class ServerApp(FastAPI):
+    """FastAPI, with `hot` (`HotRoutes`) answering the three requests every client makes each round
+    before FastAPI's middleware stack; every other request, and lifespan, goes to FastAPI."""
+
+    hot: HotRoutes | None = None
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if self.hot is not None and scope["type"] == "http":
+            await self.hot(scope, receive, send)
+        else:
+            await super().__call__(scope, receive, send)
+
+    async def fastapi(self, scope: Scope, receive: Receive, send: Send) -> None:
+        await super().__call__(scope, receive, send)
+
+
 def create_app(config: ServerConfig, recover: bool = True) -> FastAPI:
     """Open the bundle (every file hashed) and the state directory, recover, and build the app.
 
@@ -114,10 +132,11 @@ def create_app(config: ServerConfig, recover: bool = True) -> FastAPI:
         watcher = asyncio.create_task(signal.watch())
         yield
         watcher.cancel()
+        api.close()
         aggregator.stop()
         store.close()
 
-    app = FastAPI(
+    app = ServerApp(
         title="fedyolo fedserver",
         version=fedyolo.__version__,
         description="Federated rounds per task over one frozen backbone: clients download the bundle "
@@ -126,8 +145,8 @@ def create_app(config: ServerConfig, recover: bool = True) -> FastAPI:
         responses=ERRORS,
     )
     app.state.rounds = rounds
-    app.add_middleware(HotRoutes, api=api, clients=clients)  # inside the isolation headers of mount_web
-    mount_web(app, client_id, config.state_dir)
+    isolated = mount_web(app, client_id, config.state_dir)
+    app.hot = HotRoutes(app.fastapi, api, clients, headers=ISOLATION if isolated else None)
     app.state.aggregator = aggregator
     app.state.clients = clients
 
@@ -152,7 +171,7 @@ def create_app(config: ServerConfig, recover: bool = True) -> FastAPI:
     @app.exception_handler(Exception)
     async def internal(request: Request, exc: Exception) -> JSONResponse:
         log.exception("internal error on %s %s", request.method, request.url.path)
-        return JSONResponse({"code": "internal", "detail": "internal server error; see the server log"}, 500)
+        return JSONResponse(INTERNAL, 500)
 
     @app.get("/healthz", tags=["server"])
     def healthz() -> dict[str, bool]:

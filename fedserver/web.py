@@ -49,9 +49,11 @@ class CrossOriginIsolation:
 DEMO_DIR = "web_demo"  # in the state dir, written by `fedyolo serve --web-demo N` (fedyolo/tasks/web_demo.py)
 
 
-def mount_web(app: FastAPI, client: Callable[..., Any], state_dir: Path, web_dir: Path = WEB_DIR) -> None:
+def mount_web(app: FastAPI, client: Callable[..., Any], state_dir: Path, web_dir: Path = WEB_DIR) -> bool:
     """Serve the page at /app/ (and redirect / there), when the package holds its built files, and the
-    demo shards; `client` is the app's dependency that authenticates a client and gives its id."""
+    demo shards; `client` is the app's dependency that authenticates a client and gives its id.
+
+    Returns whether the page is served (then every answer carries the `ISOLATION` headers)."""
 
     @app.get("/v1/web/demo/{task_id}", tags=["web"])
     def demo_shard(task_id: str, client_id: int = Depends(client)) -> dict[str, Any]:
@@ -63,13 +65,15 @@ def mount_web(app: FastAPI, client: Callable[..., Any], state_dir: Path, web_dir
         return dict(shards[int(client_id) % len(shards)])
 
     if not (web_dir / "index.html").is_file():
-        return  # a source tree where `make web` has not run: the API alone
+        return False  # a source tree where `make web` has not run: the API alone
     app.add_middleware(CrossOriginIsolation)
     app.mount("/app", StaticFiles(directory=web_dir, html=True), name="app")
 
     @app.get("/", include_in_schema=False)
     def root() -> RedirectResponse:
         return RedirectResponse("/app/")
+
+    return True
 
 
 def lan_address() -> str:
