@@ -35,10 +35,13 @@ MIN_HISTORY = 3  # fewer known updates than this: no median yet
 
 
 class WeightedSum:
-    """A running sum of weighted deltas in float64: memory O(module), whatever the number of updates."""
+    """A running sum of weighted deltas in float64: memory O(module), whatever the number of updates.
+
+    The sum is one flat float64 array; `_sum` holds each tensor's view of it.
+    """
 
     def __init__(self, shapes: Mapping[str, tuple[int, ...]]) -> None:
-        self._sum = {name: np.zeros(shape, dtype=np.float64) for name, shape in shapes.items()}
+        self.flat, self._sum = flat_views(shapes, np.float64)
         self.total_weight = 0.0
         self.count = 0
 
@@ -53,11 +56,33 @@ class WeightedSum:
         self.total_weight += weight
         self.count += 1
 
+    def add_flat(self, delta: np.ndarray, weight: float) -> None:
+        """`add` for a delta laid out as `flat` (float64), scaled in place: two numpy calls, not two per
+        tensor. Each element gets the same two operations as in `add`, so the sums are bit-identical."""
+        check_weight(weight)
+        np.multiply(delta, weight, out=delta)
+        self.flat += delta
+        self.total_weight += weight
+        self.count += 1
+
     def mean(self) -> dict[str, np.ndarray]:
         """The weighted mean delta (float64); raises when nothing was added."""
         if self.count == 0:
             raise ValueError("no update was added; a round needs at least one")
         return {name: acc / self.total_weight for name, acc in self._sum.items()}
+
+
+def flat_views(
+    shapes: Mapping[str, tuple[int, ...]], dtype: type[np.floating]
+) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+    """One flat array for every tensor of a module, and each tensor's (reshaped) view of it, in order."""
+    sizes = [math.prod(shape) for shape in shapes.values()]
+    flat = np.zeros(sum(sizes), dtype=dtype)
+    views, start = {}, 0
+    for (name, shape), size in zip(shapes.items(), sizes, strict=True):
+        views[name] = flat[start : start + size].reshape(shape)
+        start += size
+    return flat, views
 
 
 def check_weight(weight: float) -> None:
@@ -89,10 +114,13 @@ class RoundFold:
         self._norms = list(self.state.norms)
         self._claims = list(self.state.claims)
         self._kept: list[dict[str, np.ndarray]] = []  # the robust aggregates need every delta
-        self._pending: list[tuple[dict[str, np.ndarray], float, float]] = []  # (delta, norm, claim)
-        # One float64 buffer per tensor, reused by every update: the delta is computed, clipped and
-        # weighted in place.
-        self._delta = {name: np.empty(w.shape, dtype=np.float64) for name, w in global_weights.items()}
+        self._pending: list[tuple[np.ndarray, float, float]] = []  # (flat delta, norm, claim)
+        # One flat float64 buffer reused by every update (each tensor a view of it): the delta is computed,
+        # clipped and weighted in place, a numpy call per step for the whole module where it can be. Each
+        # numpy call lets go of the GIL and must win it back: under load the aggregator waited for it.
+        self._delta_flat, self._delta = flat_views(
+            {n: w.shape for n, w in global_weights.items()}, np.float64
+        )
 
     def bounds(self) -> tuple[float, float]:
         """(L2 bound on an update's change, cap on its weight) from the known updates; 0 and inf: none."""
@@ -120,9 +148,9 @@ class RoundFold:
         if not math.isfinite(norm):
             raise ValueError(f"the update's change to the module is not finite (L2 norm {norm})")
         if len(self._norms) >= MIN_HISTORY:
-            self._fold(self._delta, norm, float(examples), self.bounds())  # bounded by those before it
+            self._fold(self._delta_flat, norm, float(examples), self.bounds())  # bounded by those before it
         else:
-            self._pending.append(({k: d.copy() for k, d in self._delta.items()}, norm, float(examples)))
+            self._pending.append((self._delta_flat.copy(), norm, float(examples)))
         self._norms.append(norm)
         self._claims.append(float(examples))
         if self._pending and len(self._norms) >= MIN_HISTORY:
@@ -134,19 +162,19 @@ class RoundFold:
             self._fold(delta, norm, examples, bounds)
         self._pending.clear()
 
-    def _fold(
-        self, delta: dict[str, np.ndarray], norm: float, examples: float, bounds: tuple[float, float]
-    ) -> None:
+    def _fold(self, delta: np.ndarray, norm: float, examples: float, bounds: tuple[float, float]) -> None:
+        """Fold one flat delta (laid out as `_delta_flat`, scaled in place)."""
         bound, cap = bounds
         clipped = bound > 0 and norm > bound
         if clipped:
-            for buffer in delta.values():
-                buffer *= bound / norm
+            delta *= bound / norm
         weight = min(examples, cap)
         if self.plan.aggregate == "mean":
-            self.acc.add(delta, weight)
+            self.acc.add_flat(delta, weight)
         else:
-            self._kept.append({name: d.copy() for name, d in delta.items()})
+            kept, views = flat_views({n: d.shape for n, d in self._delta.items()}, np.float64)
+            kept[:] = delta
+            self._kept.append(views)
         self.folded.append(
             Folded(norm=norm, clipped_to=bound if clipped else 0.0, claimed=examples, weight=weight)
         )
