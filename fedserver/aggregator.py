@@ -28,7 +28,7 @@ from fedyolo.fedserver.store import BlobError, decode_state, encode_state
 from fedyolo.fedserver.strategies import StrategyState
 from fedyolo.runtime.errors import ModuleWeightsError
 from fedyolo.runtime.manifest import TaskSpec
-from fedyolo.runtime.wire import ModuleWeights, decode_module, encode_module
+from fedyolo.runtime.wire import ModuleWeights, decode_module, encode_module, module_views
 
 log = logging.getLogger(__name__)
 
@@ -153,8 +153,10 @@ class Aggregator:
         """Fold one stored update in; why it could not be, or None."""
         weights = self._fresh.pop((task.task_id, row["id"]), None)
         try:
-            if weights is None:  # not handed over in memory (another process, or a restart)
-                weights = decode_module(self.rounds.store.blobs.get(row["blob"]), task)
+            if weights is None:  # not handed over in memory (another process, or a restart): its bytes,
+                # hash checked, are those `Rounds.submit` decoded and checked; a non-finite change is
+                # still refused by the fold
+                weights = module_views(self.rounds.store.blobs.get(row["blob"]), task)
             fold.updates.add(weights, row["examples"])
         except (BlobError, ModuleWeightsError, ValueError) as e:
             return str(e)

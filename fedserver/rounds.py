@@ -22,8 +22,6 @@ from contextlib import contextmanager
 from dataclasses import dataclass, fields
 from typing import Any
 
-import numpy as np
-
 from fedyolo.fedserver.blob_log import Span
 from fedyolo.fedserver.config import ServerConfig
 from fedyolo.fedserver.errors import ApiError
@@ -74,7 +72,7 @@ def check_magnitude(weights: ModuleWeights, max_abs: float) -> None:
     if max_abs <= 0:
         return
     for name, w in weights.items():
-        peak = float(np.abs(w).max(initial=0.0))
+        peak = max(-float(w.min(initial=0.0)), float(w.max(initial=0.0)))  # |w|'s max, with no temporary
         if peak > max_abs:
             raise ApiError(
                 "invalid_update",
