@@ -33,7 +33,9 @@ from fedyolo.runtime.wire import ModuleWeights, decode_module, encode_module, mo
 log = logging.getLogger(__name__)
 
 DEADLINE_CHECK_S = 0.25
-MAX_FRESH = 256  # decoded updates held for folding; beyond that they are read back from their blobs
+MAX_FRESH = (
+    256  # decoded updates held for folding (the oldest go first); others are read back from their blobs
+)
 RETRY_S = 1.0
 
 
@@ -60,14 +62,22 @@ class Aggregator:
         self._thread: threading.Thread | None = None
         # Updates this process just accepted, already checked and decoded: folding them skips a blob read.
         self._fresh: dict[tuple[str, int], ModuleWeights] = {}
+        self._fresh_lock = threading.Lock()
         self._leading = False  # this process holds the aggregator lock; only then is `_fresh` ever read
         rounds.listeners.append(self._wake.set)
         rounds.on_accepted = self._accepted
 
     def _accepted(self, task_id: str, update_id: int, weights: ModuleWeights) -> None:
         # A worker that does not aggregate would only fill `_fresh` (MAX_FRESH updates, ~80 MB at 320 KB).
-        if self._leading and len(self._fresh) < MAX_FRESH:
-            self._fresh[(task_id, update_id)] = weights
+        # The fold may already have read this update from its blob (its row commits before this call):
+        # then holding it would only leak it. Measured before: such entries piled up to MAX_FRESH within
+        # seconds at 64 clients (+80 MB), after which no update was handed over in memory at all.
+        fold = self._folds.get(task_id)
+        if self._leading and (fold is None or update_id > fold.last_id):
+            with self._fresh_lock:
+                self._fresh[(task_id, update_id)] = weights
+                while len(self._fresh) > MAX_FRESH:  # a stray one (folded meanwhile) goes in time
+                    self._fresh.pop(next(iter(self._fresh)))
         self._wake.set()
 
     def start(self) -> None:
@@ -89,8 +99,9 @@ class Aggregator:
             ).fetchone()
         if row is None or row["status"] == "committed":
             self._folds.pop(task_id, None)
-            for key in [k for k in self._fresh if k[0] == task_id]:
-                self._fresh.pop(key, None)
+            with self._fresh_lock:
+                for key in [k for k in self._fresh if k[0] == task_id]:
+                    self._fresh.pop(key, None)
             return None
         return self._fold_and_commit(task_id, row["round"], commit=row["status"] == "aggregating")
 
@@ -139,7 +150,8 @@ class Aggregator:
                 )
             except BaseException:
                 self._folds.pop(task_id, None)  # start again from the blobs: never add an update twice
-                self._fresh.clear()
+                with self._fresh_lock:
+                    self._fresh.clear()
                 raise
             del self._folds[task_id]
         if version is not None:
@@ -151,7 +163,8 @@ class Aggregator:
 
     def _fold_one(self, fold: Fold, task: TaskSpec, row: Any) -> str | None:
         """Fold one stored update in; why it could not be, or None."""
-        weights = self._fresh.pop((task.task_id, row["id"]), None)
+        with self._fresh_lock:
+            weights = self._fresh.pop((task.task_id, row["id"]), None)
         try:
             if weights is None:  # not handed over in memory (another process, or a restart): its bytes,
                 # hash checked, are those `Rounds.submit` decoded and checked; a non-finite change is

@@ -71,3 +71,37 @@ def test_aggregating_1000_updates_takes_memory_of_a_few_modules(tmp_path: Path) 
     expected = recompute_from_scratch(config.state_dir, config.bundle_dir, config, "topics")
     stored = stored_versions(config.state_dir, config.bundle_dir, "topics")
     assert all(np.array_equal(stored[1][k], expected[1][k]) for k in MODULE)
+
+
+def test_an_update_folded_from_its_blob_before_its_handover_is_not_kept(tmp_path: Path) -> None:
+    # Prepare: a leading aggregator whose fold has read updates 1 to 3 from their blobs (their rows commit
+    # before the upload hands the decoded weights over, so the fold can get there first)
+    rounds, _ = filled_round(tmp_path, 3)
+    aggregator = Aggregator(rounds)
+    aggregator._leading = True
+    aggregator.advance("topics")  # folds and commits round 1; round 2 opens
+    task = rounds.task("topics")
+    weights = random_module(task, 1)
+    aggregator._folds["topics"] = aggregator._new_fold("topics", 2)
+    aggregator._folds["topics"].last_id = 5
+    # Execute: a late handover of update 5 (folded already), then a timely one of update 6
+    aggregator._accepted("topics", 5, weights)
+    aggregator._accepted("topics", 6, weights)
+    # Assert: only the one the fold has not reached is held for it
+    assert list(aggregator._fresh) == [("topics", 6)]
+
+
+def test_held_updates_are_bounded_and_the_oldest_go_first(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Prepare
+    rounds, _ = filled_round(tmp_path, 1)
+    aggregator = Aggregator(rounds)
+    aggregator._leading = True
+    monkeypatch.setattr("fedyolo.fedserver.aggregator.MAX_FRESH", 4)
+    weights = random_module(rounds.task("topics"), 1)
+    # Execute
+    for update_id in range(10, 16):
+        aggregator._accepted("topics", update_id, weights)
+    # Assert: still taking new ones (before, a full hold took none more, for good)
+    assert list(aggregator._fresh) == [("topics", i) for i in (12, 13, 14, 15)]
