@@ -33,9 +33,8 @@ from fedyolo.runtime.wire import ModuleWeights, decode_module, encode_module, mo
 log = logging.getLogger(__name__)
 
 DEADLINE_CHECK_S = 0.25
-MAX_FRESH = (
-    256  # decoded updates held for folding (the oldest go first); others are read back from their blobs
-)
+# Decoded updates held for folding (the oldest go first past this); the others are read back from their blobs.
+MAX_FRESH = 256
 RETRY_S = 1.0
 
 
@@ -70,8 +69,8 @@ class Aggregator:
     def _accepted(self, task_id: str, update_id: int, weights: ModuleWeights) -> None:
         # A worker that does not aggregate would only fill `_fresh` (MAX_FRESH updates, ~80 MB at 320 KB).
         # The fold may already have read this update from its blob (its row commits before this call):
-        # then holding it would only leak it. Measured before: such entries piled up to MAX_FRESH within
-        # seconds at 64 clients (+80 MB), after which no update was handed over in memory at all.
+        # then holding it would only leak it. Measured before: such entries filled MAX_FRESH within half a
+        # minute at 64 clients (+80 MB), after which no update was handed over in memory at all.
         fold = self._folds.get(task_id)
         if self._leading and (fold is None or update_id > fold.last_id):
             with self._fresh_lock:
