@@ -41,20 +41,25 @@ class WeightedSum:
     """
 
     def __init__(self, shapes: Mapping[str, tuple[int, ...]]) -> None:
-        self.flat, self._sum = flat_views(shapes, np.float64)
+        self.shapes = dict(shapes)
+        self.flat, self._sum = flat_views(self.shapes, np.float64)
         self.total_weight = 0.0
         self.count = 0
 
     def add(self, delta: Deltas, weight: float) -> None:
-        """Add `weight * delta`; `delta` must have exactly the accumulator's names and shapes."""
+        """Add `weight * delta`; `delta` must have exactly the accumulator's names and shapes. Laid out
+        flat (one float64 temporary, the peak stays at a few module sizes), then `add_flat`."""
         check_weight(weight)
         if set(delta) != set(self._sum):
             raise ValueError("the update's tensor names differ from the accumulator's")
-        for name, acc in self._sum.items():
-            # In place, one float64 temporary: the peak stays at a few module sizes.
-            acc += np.multiply(delta[name], weight, dtype=np.float64)
-        self.total_weight += weight
-        self.count += 1
+        flat, views = flat_views(self.shapes, np.float64)
+        for name, view in views.items():
+            if np.shape(delta[name]) != view.shape:
+                raise ValueError(
+                    f"tensor {name!r} is {np.shape(delta[name])}, the accumulator's {view.shape}"
+                )
+            view[...] = delta[name]
+        self.add_flat(flat, weight)
 
     def add_flat(self, delta: np.ndarray, weight: float) -> None:
         """`add` for a delta laid out as `flat` (float64), scaled in place: two numpy calls, not two per
@@ -109,7 +114,9 @@ class RoundFold:
         self.global_weights = global_weights
         self.plan = plan
         self.state = state if state is not None else StrategyState()
-        self.acc = WeightedSum({name: w.shape for name, w in global_weights.items()})
+        self.acc = WeightedSum(
+            {name: w.shape for name, w in global_weights.items()}
+        )  # its `shapes`, in order
         self.folded: list[Folded] = []
         self._norms = list(self.state.norms)
         self._claims = list(self.state.claims)
@@ -118,9 +125,7 @@ class RoundFold:
         # One flat float64 buffer reused by every update (each tensor a view of it): the delta is computed,
         # clipped and weighted in place, a numpy call per step for the whole module where it can be. Each
         # numpy call lets go of the GIL and must win it back: under load the aggregator waited for it.
-        self._delta_flat, self._delta = flat_views(
-            {n: w.shape for n, w in global_weights.items()}, np.float64
-        )
+        self._delta_flat, self._delta = flat_views(self.acc.shapes, np.float64)
 
     def bounds(self) -> tuple[float, float]:
         """(L2 bound on an update's change, cap on its weight) from the known updates; 0 and inf: none."""
@@ -172,7 +177,7 @@ class RoundFold:
         if self.plan.aggregate == "mean":
             self.acc.add_flat(delta, weight)
         else:
-            kept, views = flat_views({n: d.shape for n, d in self._delta.items()}, np.float64)
+            kept, views = flat_views(self.acc.shapes, np.float64)
             kept[:] = delta
             self._kept.append(views)
         self.folded.append(
