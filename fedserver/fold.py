@@ -114,9 +114,8 @@ class RoundFold:
         self.global_weights = global_weights
         self.plan = plan
         self.state = state if state is not None else StrategyState()
-        self.acc = WeightedSum(
-            {name: w.shape for name, w in global_weights.items()}
-        )  # its `shapes`, in order
+        # The module's shapes, in order, are kept once: `self.acc.shapes`.
+        self.acc = WeightedSum({name: w.shape for name, w in global_weights.items()})
         self.folded: list[Folded] = []
         self._norms = list(self.state.norms)
         self._claims = list(self.state.claims)
