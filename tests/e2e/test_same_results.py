@@ -2,9 +2,11 @@
 exported module and a short federation on tiny BERT are pinned to what they were before the demo's
 library code moved (2026-11-29).
 
-The shares and the initial module come from seeded numpy and torch alone. The federated figures also go
-through ONNX Runtime's CPU kernels: they were recorded on x86-64 with AVX2; if only they differ on
-another instruction set while the shares and the module still match, the kernels differ, not the code.
+The shares and the initial module come from seeded numpy and torch alone: they must match bit for bit.
+The federated figures also go through ONNX Runtime's CPU kernels, which round differently on different
+instruction sets: recorded on x86-64 with AVX2, the first train loss came out 3.034240785 on an AVX-512
+Xeon (2026-11-30), a relative 1.2e-8 off. So the losses are compared to within a relative 1e-6 and the
+accuracy exactly: a learning rate 1% higher (5.05e-3) moves the first train loss by a relative 7e-4.
 """
 
 from __future__ import annotations
@@ -15,6 +17,8 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+
+import pytest
 
 from fedyolo.tasks.shares import share_task
 
@@ -54,4 +58,6 @@ def test_a_short_federation_gives_the_same_module_and_figures(tmp_path: Path) ->
     module = tmp_path / "bundle" / "tasks" / "topics" / "module.safetensors"
     assert hashlib.sha256(module.read_bytes()).hexdigest() == INITIAL_MODULE_SHA256
     rounds = json.loads((tmp_path / "simulate.json").read_text())["tasks"]["topics"]["rounds"]
-    assert [(r["train_loss"], r["accuracy"], r["loss"]) for r in rounds] == ROUNDS
+    got = [(r["train_loss"], r["accuracy"], r["loss"]) for r in rounds]
+    assert got == [pytest.approx(expected, rel=1e-6) for expected in ROUNDS]
+    assert [r[1] for r in got] == [r[1] for r in ROUNDS]
