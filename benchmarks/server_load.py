@@ -36,7 +36,7 @@ from typing import Any
 
 import numpy as np
 import psutil
-from machine import cpu_name
+from machine import cpu_name, cpu_shares
 
 import fedyolo
 from fedyolo.fedserver.store import DB_NAME
@@ -268,7 +268,7 @@ def main() -> None:
             for g in range(min(args.loadgen_processes, len(jobs)))
         ]  # fmt: skip
         peak_rss = 0
-        cpu0 = _cpu(tree())
+        cpu0, shares0 = _cpu(tree()), psutil.cpu_times()
         t_start = time.time()
         for g in groups:
             g.start()
@@ -287,6 +287,7 @@ def main() -> None:
             g.join(timeout=60)
         t_stop = time.time()
         server_cpu = (_cpu(tree()) - cpu0) / (t_stop - t_start)
+        shares = cpu_shares(shares0, psutil.cpu_times())
         loadgen_cpu = sum(out["cpu_s"]) / (t_stop - t_start)
         time.sleep(2.0)  # the last round cannot close (clients stopped); committed rounds are final
     finally:
@@ -364,6 +365,8 @@ def main() -> None:
             "platform": platform.platform(),
             "note": "server and load generator share these cores",
             "load_average_at_start": _load_at_start,
+            # Of the whole machine's CPU time during the run: a shared VM loses some to other guests.
+            "cpu_time_during_run": shares,
         },
         "versions": {
             "python": platform.python_version(),
