@@ -37,7 +37,7 @@ CPU_STATES = ("user", "nice", "system", "idle", "iowait", "irq", "softirq", "ste
 
 def cpu_shares(before: Any, after: Any) -> dict[str, float]:
     """The whole machine's CPU time between two `psutil.cpu_times()` readings, in percent: what was idle,
-    waiting for the disk, and stolen by the hypervisor for other guests (a shared VM; seen here: 5-23% of a
+    waiting for the disk, and stolen by the hypervisor for other guests (a shared VM; seen here: 0-37% of a
     run, and throughput moved with it), so that a figure can be read beside how much CPU it really had."""
     spent = {name: getattr(after, name) - getattr(before, name) for name in after._fields}
     total = sum(spent.get(name, 0.0) for name in CPU_STATES) or 1.0
