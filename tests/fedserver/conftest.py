@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import os
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -14,6 +15,7 @@ import numpy as np
 import pytest
 from fastapi.testclient import TestClient
 
+from fedyolo.fedserver import blob_log
 from fedyolo.fedserver.app import create_app
 from fedyolo.fedserver.config import ServerConfig
 from fedyolo.runtime.bundle import open_bundle
@@ -122,6 +124,23 @@ def make_api(config: ServerConfig, bundle_dir: Path) -> Iterator[Callable[..., A
     yield make
     for client in opened:
         client.__exit__(None, None, None)
+
+
+@pytest.fixture
+def counted_syncs(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """The blob log's fdatasyncs, counted (one entry each); the first takes 50 ms more, as a busy disk's
+    does, so that bodies stored meanwhile queue behind it."""
+    syncs: list[int] = []
+    real_sync = os.fdatasync
+
+    def counted(fd: int) -> None:
+        syncs.append(fd)
+        real_sync(fd)
+        if len(syncs) == 1:
+            time.sleep(0.05)
+
+    monkeypatch.setattr(blob_log.os, "fdatasync", counted)
+    return syncs
 
 
 @pytest.fixture

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import threading
-import time
 from pathlib import Path
 from typing import Any
 
@@ -15,20 +14,11 @@ from fedyolo.fedserver.blob_log import BlobLog, Span
 
 
 def test_bodies_stored_at_once_share_one_fdatasync_and_read_back_whole(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, counted_syncs: list[int]
 ) -> None:
-    # Prepare: 16 threads store a 320 KB body each at the same moment; count the fdatasyncs
+    # Prepare: 16 threads store a 320 KB body each at the same moment; the fdatasyncs are counted and the
+    # first is slow
     log = BlobLog(tmp_path / "log")
-    syncs = []
-    real_sync = os.fdatasync
-
-    def counted(fd: int) -> None:  # the first takes 50 ms, as a busy disk's does: the others queue
-        syncs.append(fd)
-        real_sync(fd)
-        if len(syncs) == 1:
-            time.sleep(0.05)
-
-    monkeypatch.setattr(blob_log.os, "fdatasync", counted)
     bodies = [bytes([i]) * 320_000 for i in range(16)]
     spans: list[Span | None] = [None] * 16
     start = threading.Barrier(16)
@@ -45,7 +35,7 @@ def test_bodies_stored_at_once_share_one_fdatasync_and_read_back_whole(
         t.join()
     # Assert: every body reads back from its span, and fewer syncs than bodies were needed
     assert [log.read(span) for span in spans if span is not None] == bodies
-    assert len(syncs) <= 3
+    assert len(counted_syncs) <= 3
     assert len(log.segments()) == 1
     assert os.path.getsize(log.root / log.segments()[0]) == 16 * 320_000
     log.close()

@@ -3,16 +3,12 @@ failing piece fails alone, and each thread hears of its own piece as soon as tha
 
 from __future__ import annotations
 
-import os
 import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import pytest
-
-from fedyolo.fedserver import blob_log
 from fedyolo.fedserver.store import Store
 
 WAIT_S = 10.0  # far longer than any step here takes; only a hang reaches it
@@ -90,21 +86,11 @@ def test_a_committed_piece_returns_while_the_next_batch_is_still_committing(tmp_
 
 
 def test_pieces_stored_at_once_share_syncs_and_a_failing_piece_fails_alone(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, counted_syncs: list[int]
 ) -> None:
     # Prepare: 24 threads store a piece each at the same moment; every third piece's work raises; the
-    # first fdatasync takes 50 ms, as a busy disk's does, so the others queue
+    # first fdatasync is slow, so the others queue
     store = Store(tmp_path / "state")
-    syncs = []
-    real_sync = os.fdatasync
-
-    def counted(fd: int) -> None:
-        syncs.append(fd)
-        real_sync(fd)
-        if len(syncs) == 1:
-            time.sleep(0.05)
-
-    monkeypatch.setattr(blob_log.os, "fdatasync", counted)
     start = threading.Barrier(24)
     outcome: dict[int, str] = {}
 
@@ -131,6 +117,6 @@ def test_pieces_stored_at_once_share_syncs_and_a_failing_piece_fails_alone(
     assert not any(t.is_alive() for t in threads)
     assert outcome == {i: f"piece {i} is refused" if i % 3 == 0 else f"piece-{i}" for i in range(24)}
     assert stored(store) == {f"piece-{i}" for i in range(24) if i % 3}
-    assert len(syncs) <= 6
+    assert len(counted_syncs) <= 6
     assert not store._leading and not store._queue
     store.close()
