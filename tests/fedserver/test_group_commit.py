@@ -59,19 +59,19 @@ def test_a_committed_piece_returns_while_the_next_batch_is_still_committing(tmp_
         return thread
 
     def x_work(db: Any, spans: list[Any]) -> str:
-        until(lambda: len(store._queue) == 1)  # Y has queued behind this batch
+        until(lambda: store.group_commit.queued == 1)  # Y has queued behind this batch
         return insert("piece-x")(db, spans)
 
     # Execute
     lead = run("piece-l", insert("piece-l", gate_1, l_started))
     assert l_started.wait(WAIT_S)
     x = run("piece-x", x_work)
-    until(lambda: len(store._queue) == 1)
+    until(lambda: store.group_commit.queued == 1)
     z = run("piece-z", insert("piece-z"))
-    until(lambda: len(store._queue) == 2)
+    until(lambda: store.group_commit.queued == 2)
     gate_1.set()
     lead.join(WAIT_S)
-    until(lambda: len(store._queue) == 0)  # X took {X, Z}
+    until(lambda: store.group_commit.queued == 0)  # X took {X, Z}
     y = run("piece-y", insert("piece-y", gate_3))
     # Assert: Z, committed in batch 2, has its answer although batch 3 (Y's) is still open
     z.join(WAIT_S)
@@ -118,5 +118,5 @@ def test_pieces_stored_at_once_share_syncs_and_a_failing_piece_fails_alone(
     assert outcome == {i: f"piece {i} is refused" if i % 3 == 0 else f"piece-{i}" for i in range(24)}
     assert stored(store) == {f"piece-{i}" for i in range(24) if i % 3}
     assert len(counted_syncs) <= 6
-    assert not store._leading and not store._queue
+    assert not store.group_commit.leading and store.group_commit.queued == 0
     store.close()
